@@ -1,0 +1,108 @@
+"""Core events: what the AMI adapter tells the call state machine.
+
+The adapter turns each AMI message into at most one of these (most AMI
+traffic becomes nothing). They carry only what the tracker needs, already
+typed, so the tracker never sees a raw header and the scenario tests can
+build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One channel of a call, as an event names it.
+
+    `call_id` is the CTRACK_CALL_ID channel variable when the event carries
+    it (None on Newchannel and before the dialplan set it).
+    """
+
+    uniqueid: str
+    linkedid: str
+    channel: str
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelCreated:        # Newchannel
+    ts: float
+    leg: Leg
+    exten: str | None
+    caller_num: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DialBegan:             # DialBegin (Dial and Queue both emit it)
+    ts: float
+    leg: Leg                 # the calling leg
+    dest_uniqueid: str
+    dest_channel: str
+    dial_string: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DialEnded:             # DialEnd
+    ts: float
+    leg: Leg
+    dest_uniqueid: str
+    dest_channel: str
+    dial_status: str         # ANSWER BUSY NOANSWER CANCEL CHANUNAVAIL CONGESTION ...
+
+
+@dataclass(frozen=True, slots=True)
+class DialStatusSet:         # VarSet DIALSTATUS=... (only with the dialplan event class)
+    ts: float
+    leg: Leg
+    dial_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeEntered:         # BridgeEnter
+    ts: float
+    leg: Leg
+    bridge_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HangupRequested:       # HangupRequest (SoftHangupRequest is not the caller)
+    ts: float
+    leg: Leg
+    cause: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHungUp:         # Hangup
+    ts: float
+    leg: Leg
+    cause: int | None
+    cause_txt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelListed:         # CoreShowChannel (one per live channel after CoreShowChannels)
+    ts: float
+    leg: Leg
+    state: str               # ChannelStateDesc: Up, Ring, Ringing, ...
+    bridge_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelListComplete:   # CoreShowChannelsComplete
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class AsteriskBooted:        # FullyBooted
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class AsteriskShutdown:      # Shutdown
+    ts: float
+
+
+CoreEvent = (ChannelCreated | DialBegan | DialEnded | DialStatusSet | BridgeEntered
+             | HangupRequested | ChannelHungUp | ChannelListed | ChannelListComplete
+             | AsteriskBooted | AsteriskShutdown)

@@ -1,0 +1,49 @@
+"""Phone number normalisation: one number, one spelling (E.164).
+
+`+74950000001`, `84950000001` and `74950000001` must be the same tracking
+number, and a caller who once dials in as `8916...` and once as `+7916...` the
+same caller. phonenumbers knows every country's trunk prefix; we only add the
+policy for what is not a number at all.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+
+#: what Asterisk and carriers put where there is no number
+WITHHELD = frozenset({"", "unknown", "<unknown>", "anonymous", "restricted", "private",
+                      "unavailable", "withheld"})
+
+
+def normalise_number(raw: str | None, region: str) -> str | None:
+    """Return `raw` as E.164, the bare digits when it is no valid number, or None when withheld.
+
+    A short internal extension (`100`) or a service number that phonenumbers
+    cannot place is kept as its digits rather than dropped: the call still
+    happened and the admin can still search for it.
+    """
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text.lower() in WITHHELD:
+        return None
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if not digits:
+        return None
+    candidates = [text]
+    if not text.startswith("+"):
+        # Carriers often deliver international numbers without the "+"
+        # (74950000001). The national reading comes first, so that "8495..."
+        # in Russia is +7495..., not a number in Vietnam (+84).
+        candidates.append("+" + digits)
+    parsed_numbers = []
+    for candidate in candidates:
+        try:
+            parsed_numbers.append(phonenumbers.parse(candidate, region))
+        except phonenumbers.NumberParseException:
+            continue
+    for acceptable in (phonenumbers.is_valid_number, phonenumbers.is_possible_number):
+        for parsed in parsed_numbers:
+            if acceptable(parsed):
+                return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return ("+" + digits) if text.startswith("+") else digits

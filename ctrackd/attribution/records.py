@@ -1,0 +1,102 @@
+"""The call record, in two halves written by two different sides.
+
+`Attribution` is decided once, when Asterisk asks over FastAGI (or the fallback
+stdin script asks): who the call is attributed to and where it goes.
+`CallProgress` is what the AMI side learns while following the call. The store
+keeps both halves in one row and lets each side update only its own columns,
+so neither can clobber the other whatever order they arrive in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class CallStatus(StrEnum):
+    NEW = "new"              # attributed, nothing dialled yet
+    RINGING = "ringing"      # a Dial/Queue is ringing somebody
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    ABANDONED = "abandoned"  # the caller hung up before anyone answered
+    FAILED = "failed"        # unavailable, congestion
+    UNKNOWN = "unknown"      # ended while nobody could see how (closed by a resync)
+
+
+#: statuses of a call that has not ended yet
+OPEN_STATUSES = frozenset({CallStatus.NEW, CallStatus.RINGING, CallStatus.ANSWERED})
+
+#: the statuses that count as "missed" in reports
+MISSED_STATUSES = frozenset({CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.ABANDONED,
+                             CallStatus.FAILED})
+
+
+class Tracking(StrEnum):
+    STATIC = "static"        # attributed by the daemon from the dialled number
+    FALLBACK = "fallback"    # attributed by ctrackd-agi while the daemon was unreachable
+    UNTRACKED = "untracked"  # seen on AMI only (no attribution reached the store)
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """What the AGI side decided for a call; written once, before Asterisk dials."""
+
+    call_id: str
+    started_at: float
+    did: str | None
+    caller: str | None
+    caller_name: str | None
+    tracking: Tracking
+    channel: str | None
+    source: str | None
+    medium: str | None
+    campaign: str | None
+    label: str | None
+    forward_to: str
+    ring_timeout: int
+    recording_path: str | None
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class CallProgress:
+    """What following the call taught us; rewritten at each transition."""
+
+    call_id: str
+    started_at: float
+    status: CallStatus = CallStatus.NEW
+    did: str | None = None
+    caller: str | None = None
+    answered_at: float | None = None
+    answered_by: str | None = None
+    ended_at: float | None = None
+    ring_seconds: float | None = None
+    talk_seconds: float | None = None
+    duration_seconds: float | None = None
+    hangup_cause: int | None = None
+    hangup_cause_txt: str | None = None
+    dial_status: str | None = None
+    close_reason: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+    def finish(self, status: CallStatus, ended_at: float, reason: str) -> None:
+        """Close the call and derive the three durations the way Asterisk's CDR does.
+
+        duration = end - start, talk = end - answer (billsec), ring = the rest:
+        so `ring + talk == duration` always holds, and a clock that steps
+        backwards cannot give negative figures.
+        """
+        self.status = status
+        self.ended_at = max(ended_at, self.started_at)
+        self.close_reason = reason
+        self.duration_seconds = round(self.ended_at - self.started_at, 3)
+        if self.answered_at is not None:
+            answered = min(max(self.answered_at, self.started_at), self.ended_at)
+            self.talk_seconds = round(self.ended_at - answered, 3)
+        else:
+            self.talk_seconds = 0.0
+        self.ring_seconds = round(self.duration_seconds - self.talk_seconds, 3)
