@@ -1,0 +1,183 @@
+"""AMI messages -> core events: one explicit table, event name -> translator.
+
+Most of a busy Asterisk's AMI traffic (VarSet, Newexten, DeviceStateChange,
+RTCP...) means nothing to a call tracker: the table has no entry for it and
+the lookup is the only work done. A message that lacks a header its
+translator needs gives `None` (and is counted by the consumer), never an
+exception: bad AMI input must not stop the daemon.
+
+Messages come from panoramisk as case-insensitive dicts; a header that
+repeats (ChanVariable) is a list, a single one a str. Tests feed plain dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ctrackd.variables import CALL_ID_VAR
+from ctrackd.attribution.events import (
+    AsteriskBooted,
+    AsteriskShutdown,
+    BridgeEntered,
+    ChannelCreated,
+    ChannelHungUp,
+    ChannelListComplete,
+    ChannelListed,
+    CoreEvent,
+    DialBegan,
+    DialEnded,
+    DialStatusSet,
+    HangupRequested,
+    Leg,
+)
+
+Message = Mapping[str, Any]
+Translator = Callable[[Message, float], CoreEvent | None]
+
+_CALL_ID_PREFIX = CALL_ID_VAR + "="
+
+
+def message_time(message: Message, received_at: float) -> float:
+    """Asterisk's own `Timestamp` (manager.conf timestampevents=yes), else when we read it."""
+    stamp = message.get("Timestamp")
+    if stamp:
+        try:
+            return float(stamp)
+        except (TypeError, ValueError):
+            pass
+    return received_at
+
+
+def call_id_of(message: Message) -> str | None:
+    """The CTRACK_CALL_ID channel variable of the event's channel, if set."""
+    values = message.get("ChanVariable")
+    if values is None:
+        return None
+    for value in (values,) if isinstance(values, str) else values:
+        if value.startswith(_CALL_ID_PREFIX):
+            return value[len(_CALL_ID_PREFIX):] or None
+    return None
+
+
+def _leg(message: Message) -> Leg | None:
+    uniqueid = message.get("Uniqueid")
+    if not uniqueid:
+        return None
+    return Leg(uniqueid=uniqueid, linkedid=message.get("Linkedid") or uniqueid,
+               channel=message.get("Channel") or "", call_id=call_id_of(message))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    if not value or value in ("<unknown>", "unknown"):
+        return None
+    return str(value)
+
+
+def on_newchannel(message: Message, ts: float) -> CoreEvent | None:
+    leg = _leg(message)
+    if leg is None:
+        return None
+    return ChannelCreated(ts=ts, leg=leg, exten=_text(message.get("Exten")),
+                          caller_num=_text(message.get("CallerIDNum")))
+
+
+def on_dial_begin(message: Message, ts: float) -> CoreEvent | None:
+    leg, dest = _leg(message), message.get("DestUniqueid")
+    if leg is None or not dest:
+        return None
+    return DialBegan(ts=ts, leg=leg, dest_uniqueid=dest,
+                     dest_channel=message.get("DestChannel") or "",
+                     dial_string=_text(message.get("DialString")))
+
+
+def on_dial_end(message: Message, ts: float) -> CoreEvent | None:
+    leg, dest, status = _leg(message), message.get("DestUniqueid"), message.get("DialStatus")
+    if leg is None or not dest or not status:
+        return None
+    return DialEnded(ts=ts, leg=leg, dest_uniqueid=dest,
+                     dest_channel=message.get("DestChannel") or "", dial_status=status)
+
+
+def on_var_set(message: Message, ts: float) -> CoreEvent | None:
+    # Only with the `dialplan` read class; CHANUNAVAIL is otherwise known
+    # from the hang-up cause alone (no DialBegin/DialEnd exists for it).
+    if message.get("Variable") != "DIALSTATUS":
+        return None
+    leg, value = _leg(message), message.get("Value")
+    if leg is None or not value:
+        return None
+    return DialStatusSet(ts=ts, leg=leg, dial_status=value)
+
+
+def on_bridge_enter(message: Message, ts: float) -> CoreEvent | None:
+    leg = _leg(message)
+    if leg is None:
+        return None
+    return BridgeEntered(ts=ts, leg=leg, bridge_id=message.get("BridgeUniqueid") or "")
+
+
+def on_hangup_request(message: Message, ts: float) -> CoreEvent | None:
+    leg = _leg(message)
+    if leg is None:
+        return None
+    return HangupRequested(ts=ts, leg=leg, cause=_int(message.get("Cause")))
+
+
+def on_hangup(message: Message, ts: float) -> CoreEvent | None:
+    leg = _leg(message)
+    if leg is None:
+        return None
+    return ChannelHungUp(ts=ts, leg=leg, cause=_int(message.get("Cause")),
+                         cause_txt=_text(message.get("Cause-txt")))
+
+
+def on_core_show_channel(message: Message, ts: float) -> CoreEvent | None:
+    leg = _leg(message)
+    if leg is None:
+        return None
+    return ChannelListed(ts=ts, leg=leg, state=message.get("ChannelStateDesc") or "",
+                         bridge_id=_text(message.get("BridgeId")))
+
+
+def on_core_show_channels_complete(message: Message, ts: float) -> CoreEvent | None:
+    return ChannelListComplete(ts=ts)
+
+
+def on_fully_booted(message: Message, ts: float) -> CoreEvent | None:
+    return AsteriskBooted(ts=ts)
+
+
+def on_shutdown(message: Message, ts: float) -> CoreEvent | None:
+    return AsteriskShutdown(ts=ts)
+
+
+#: the AMI events a call tracker needs; everything else is dropped unread
+TRANSLATORS: dict[str, Translator] = {
+    "Newchannel": on_newchannel,
+    "DialBegin": on_dial_begin,
+    "DialEnd": on_dial_end,
+    "VarSet": on_var_set,
+    "BridgeEnter": on_bridge_enter,
+    "HangupRequest": on_hangup_request,
+    "Hangup": on_hangup,
+    "CoreShowChannel": on_core_show_channel,
+    "CoreShowChannelsComplete": on_core_show_channels_complete,
+    "FullyBooted": on_fully_booted,
+    "Shutdown": on_shutdown,
+}
+
+
+def translate(message: Message, received_at: float) -> CoreEvent | None:
+    """The core event for one AMI message, or None when it means nothing to us."""
+    translator = TRANSLATORS.get(message.get("Event") or "")
+    if translator is None:
+        return None
+    return translator(message, message_time(message, received_at))

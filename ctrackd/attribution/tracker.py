@@ -1,0 +1,320 @@
+"""The call state machine: core events in, changed call records out.
+
+One `CallTracker` follows every tracked call on one Asterisk. It is fed the
+core events of `events.py` in the order Asterisk emitted them and answers
+with the `CallProgress` records that changed, for the store to persist. It
+knows nothing of AMI headers, sockets or SQL, so the scenario tests replay
+recorded streams through it and compare complete records.
+
+How a call is recognised: the dialplan sets `__CTRACK_CALL_ID=${UNIQUEID}`
+on the inbound leg, so the inbound leg's uniqueid *is* the call id and every
+leg's events carry it once it is set. Legs seen before that (a `Newchannel`,
+a `DialBegin` destination) are remembered by uniqueid.
+
+Outcome rules (see ../../../shared/asterisk-captures/README.md):
+- the first `DialEnd ANSWER` makes the call answered, by that leg's endpoint;
+  in a ring group or queue the losers' `CANCEL` is not a failure;
+- `BUSY`, `NOANSWER`, `CHANUNAVAIL`/`CONGESTION` from Dial decide a missed
+  call's status; a `HangupRequest` with a normal cause on the inbound leg
+  before any outcome means the caller gave up (abandoned);
+- with no Dial at all (CHANUNAVAIL creates no destination channel) the
+  inbound leg's hang-up cause decides;
+- a call that the store had open but Asterisk no longer lists after a
+  reconnect is closed with reason `gone_after_reconnect`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ctrackd.attribution.events import (
+    AsteriskBooted,
+    AsteriskShutdown,
+    BridgeEntered,
+    ChannelCreated,
+    ChannelHungUp,
+    ChannelListComplete,
+    ChannelListed,
+    CoreEvent,
+    DialBegan,
+    DialEnded,
+    DialStatusSet,
+    HangupRequested,
+    Leg,
+)
+from ctrackd.attribution.numbers import normalise_number
+from ctrackd.attribution.records import CallProgress, CallStatus
+
+#: DialStatus values that end a Dial without an answer, and the status they give
+DIAL_OUTCOMES: dict[str, CallStatus] = {
+    "BUSY": CallStatus.BUSY,
+    "NOANSWER": CallStatus.NO_ANSWER,
+    "CHANUNAVAIL": CallStatus.FAILED,
+    "CONGESTION": CallStatus.FAILED,
+}
+
+#: Q.850 causes on the inbound leg's hang-up when no Dial told us more
+CAUSE_OUTCOMES: dict[int, CallStatus] = {
+    17: CallStatus.BUSY,        # user busy
+    18: CallStatus.NO_ANSWER,   # no user responding
+    19: CallStatus.NO_ANSWER,   # no answer from user
+    1: CallStatus.FAILED,       # unallocated number
+    3: CallStatus.FAILED,       # no route to destination
+    20: CallStatus.FAILED,      # subscriber absent
+    21: CallStatus.FAILED,      # call rejected
+    27: CallStatus.FAILED,      # destination out of order
+    34: CallStatus.FAILED,      # no circuit available (congestion)
+    38: CallStatus.FAILED,      # network out of order
+    41: CallStatus.FAILED,      # temporary failure
+    42: CallStatus.FAILED,      # switching equipment congestion
+}
+
+#: causes with which a caller's own hang-up arrives
+CALLER_HANGUP_CAUSES = frozenset({None, 0, 16, 31})
+
+# Channels that were created but may never become part of a tracked call
+# are remembered only this long (seconds of Asterisk time) to bound memory.
+_PENDING_TTL = 3600.0
+
+
+@dataclass(slots=True)
+class _Call:
+    progress: CallProgress
+    endpoints: dict[str, str] = field(default_factory=dict)  # dest uniqueid -> endpoint
+    outcome: CallStatus | None = None
+    caller_gave_up: bool = False
+
+
+class CallTracker:
+    """Per-Asterisk call state, in memory; rebuilt from the store after a restart."""
+
+    def __init__(self, region: str = "RU") -> None:
+        self._region = region
+        self._calls: dict[str, _Call] = {}
+        self._legs: dict[str, str] = {}  # uniqueid of any known leg -> call id
+        self._created: dict[str, ChannelCreated] = {}  # Newchannel not yet tied to a call
+        self._listing: set[str] | None = None  # call ids seen during a CoreShowChannels
+        self._handlers = {
+            ChannelCreated: self._on_created,
+            DialBegan: self._on_dial_began,
+            DialEnded: self._on_dial_ended,
+            DialStatusSet: self._on_dial_status,
+            BridgeEntered: self._on_bridge_entered,
+            HangupRequested: self._on_hangup_requested,
+            ChannelHungUp: self._on_hung_up,
+            ChannelListed: self._on_listed,
+            ChannelListComplete: self._on_list_complete,
+            AsteriskBooted: self._on_booted,
+            AsteriskShutdown: self._on_shutdown,
+        }
+
+    # -- public -----------------------------------------------------------
+
+    @property
+    def open_calls(self) -> int:
+        return len(self._calls)
+
+    def restore(self, progresses: list[CallProgress]) -> None:
+        """Take back the calls the store still has open (after a daemon restart)."""
+        for progress in progresses:
+            if progress.is_open:
+                call = _Call(progress=progress)
+                if progress.status == CallStatus.ANSWERED:
+                    call.outcome = CallStatus.ANSWERED
+                self._calls[progress.call_id] = call
+                self._legs[progress.call_id] = progress.call_id
+
+    def apply(self, event: CoreEvent) -> list[CallProgress]:
+        """Apply one event; return the records it changed (often none)."""
+        return self._handlers[type(event)](event)  # type: ignore[operator]
+
+    # -- resolution of legs to calls ---------------------------------------
+
+    def _call_for(self, leg: Leg, ts: float) -> _Call | None:
+        call_id = leg.call_id or self._legs.get(leg.uniqueid)
+        if call_id is None and leg.linkedid in self._calls:
+            call_id = leg.linkedid
+        if call_id is None:
+            return None
+        call = self._calls.get(call_id)
+        if call is None:
+            call = self._start(call_id, ts)
+        if leg.uniqueid not in self._legs:
+            self._legs[leg.uniqueid] = call_id
+            self._created.pop(leg.uniqueid, None)
+        return call
+
+    def _start(self, call_id: str, ts: float) -> _Call:
+        created = self._created.pop(call_id, None)
+        progress = CallProgress(call_id=call_id, started_at=created.ts if created else ts)
+        if created is not None:
+            progress.did = normalise_number(created.exten, self._region)
+            progress.caller = normalise_number(created.caller_num, self._region)
+        call = _Call(progress=progress)
+        self._calls[call_id] = call
+        self._legs[call_id] = call_id
+        return call
+
+    # -- handlers -------------------------------------------------------------
+
+    def _on_created(self, event: ChannelCreated) -> list[CallProgress]:
+        self._created[event.leg.uniqueid] = event
+        if len(self._created) > 10_000:
+            horizon = event.ts - _PENDING_TTL
+            self._created = {u: e for u, e in self._created.items() if e.ts >= horizon}
+        return []
+
+    def _on_dial_began(self, event: DialBegan) -> list[CallProgress]:
+        call = self._call_for(event.leg, event.ts)
+        if call is None:
+            return []
+        call.endpoints[event.dest_uniqueid] = endpoint_of(event.dest_channel, event.dial_string)
+        self._legs[event.dest_uniqueid] = call.progress.call_id
+        self._created.pop(event.dest_uniqueid, None)
+        if call.progress.status == CallStatus.NEW:
+            call.progress.status = CallStatus.RINGING
+            return [call.progress]
+        return []
+
+    def _on_dial_ended(self, event: DialEnded) -> list[CallProgress]:
+        call = self._call_for(event.leg, event.ts)
+        if call is None:
+            return []
+        status = event.dial_status.upper()
+        progress = call.progress
+        if status == "ANSWER":
+            if progress.answered_at is not None:
+                return []  # a transfer target answering later: the call was answered already
+            progress.answered_at = event.ts
+            progress.answered_by = call.endpoints.get(
+                event.dest_uniqueid, endpoint_of(event.dest_channel, None))
+            progress.status = CallStatus.ANSWERED
+            progress.dial_status = status
+            call.outcome = CallStatus.ANSWERED
+            return [progress]
+        return self._note_outcome(call, status)
+
+    def _on_dial_status(self, event: DialStatusSet) -> list[CallProgress]:
+        call = self._call_for(event.leg, event.ts)
+        if call is None or not event.dial_status:
+            return []
+        return self._note_outcome(call, event.dial_status.upper())
+
+    def _note_outcome(self, call: _Call, status: str) -> list[CallProgress]:
+        outcome = DIAL_OUTCOMES.get(status)
+        if outcome is None or call.outcome is not None:
+            return []  # CANCEL (a ring-group loser, or the caller left), CONTINUE, ...
+        call.outcome = outcome
+        call.progress.dial_status = status
+        return [call.progress]
+
+    def _on_bridge_entered(self, event: BridgeEntered) -> list[CallProgress]:
+        # An answered call is already known from DialEnd; the bridge matters for
+        # calls restored after a restart that were answered while we were away.
+        call = self._call_for(event.leg, event.ts)
+        if call is None or call.progress.answered_at is not None:
+            return []
+        if event.leg.uniqueid != call.progress.call_id:
+            call.progress.answered_at = event.ts
+            call.progress.answered_by = call.endpoints.get(
+                event.leg.uniqueid, endpoint_of(event.leg.channel, None))
+            call.progress.status = CallStatus.ANSWERED
+            call.outcome = CallStatus.ANSWERED
+            return [call.progress]
+        return []
+
+    def _on_hangup_requested(self, event: HangupRequested) -> list[CallProgress]:
+        call = self._call_for(event.leg, event.ts)
+        if call is None or event.leg.uniqueid != call.progress.call_id:
+            return []
+        if call.outcome is None and event.cause in CALLER_HANGUP_CAUSES:
+            call.caller_gave_up = True
+        return []
+
+    def _on_hung_up(self, event: ChannelHungUp) -> list[CallProgress]:
+        call = self._call_for(event.leg, event.ts)
+        self._created.pop(event.leg.uniqueid, None)
+        if call is None:
+            return []
+        call_id = call.progress.call_id
+        if event.leg.uniqueid != call_id:
+            self._legs.pop(event.leg.uniqueid, None)
+            return []
+        call.progress.hangup_cause = event.cause
+        call.progress.hangup_cause_txt = event.cause_txt
+        call.progress.finish(self._final_status(call, event.cause), event.ts, "hangup")
+        return [self._forget(call_id)]
+
+    def _final_status(self, call: _Call, cause: int | None) -> CallStatus:
+        if call.progress.answered_at is not None:
+            return CallStatus.ANSWERED
+        if call.outcome is not None:
+            return call.outcome
+        if call.caller_gave_up:
+            return CallStatus.ABANDONED
+        return CAUSE_OUTCOMES.get(cause or 0, CallStatus.ABANDONED)
+
+    def _forget(self, call_id: str) -> CallProgress:
+        call = self._calls.pop(call_id)
+        for uniqueid in [call_id, *call.endpoints]:
+            self._legs.pop(uniqueid, None)
+        return call.progress
+
+    # -- resynchronisation after a (re)connect ------------------------------
+
+    def _on_booted(self, event: AsteriskBooted) -> list[CallProgress]:
+        self._listing = None
+        return []
+
+    def _on_listed(self, event: ChannelListed) -> list[CallProgress]:
+        if self._listing is None:
+            self._listing = set()
+        call_id = event.leg.call_id or self._legs.get(event.leg.uniqueid)
+        if call_id is None and event.leg.linkedid in self._calls:
+            call_id = event.leg.linkedid
+        if call_id is not None:
+            self._listing.add(call_id)
+        return []
+
+    def _on_list_complete(self, event: ChannelListComplete) -> list[CallProgress]:
+        """Close every call Asterisk no longer has: it ended while we could not see."""
+        live = self._listing or set()
+        self._listing = None
+        closed = []
+        for call_id in [c for c in self._calls if c not in live]:
+            call = self._calls[call_id]
+            status = (CallStatus.ANSWERED if call.progress.answered_at is not None
+                      else call.outcome or CallStatus.UNKNOWN)
+            call.progress.finish(status, event.ts, "gone_after_reconnect")
+            closed.append(self._forget(call_id))
+        # Newchannel events of calls we never learned about are stale now too.
+        self._created.clear()
+        return closed
+
+    def _on_shutdown(self, event: AsteriskShutdown) -> list[CallProgress]:
+        """Asterisk is going away: whatever is still open cannot continue."""
+        closed = []
+        for call_id in list(self._calls):
+            call = self._calls[call_id]
+            status = (CallStatus.ANSWERED if call.progress.answered_at is not None
+                      else call.outcome or CallStatus.UNKNOWN)
+            call.progress.finish(status, event.ts, "asterisk_shutdown")
+            closed.append(self._forget(call_id))
+        return closed
+
+
+def endpoint_of(channel: str, dial_string: str | None) -> str:
+    """The endpoint a leg rang, as an admin names it: `PJSIP/101`, `IAX2/phones/100`.
+
+    Dial's DialString is the part after the technology (`phones/100`, `101`);
+    Queue's is the whole interface (`IAX2/phones/100`). Without one, the
+    channel name minus its unique suffix (`PJSIP/101-0000000a` -> `PJSIP/101`).
+    """
+    tech, _, rest = channel.partition("/")
+    if dial_string:
+        if dial_string.split("/", 1)[0].lower() == tech.lower():
+            return dial_string  # Queue members and Local targets name the technology already
+        return f"{tech}/{dial_string}" if rest else dial_string
+    if tech.lower() == "local":
+        return channel.rsplit("-", 1)[0] if ";" in channel else channel
+    return f"{tech}/{rest.rsplit('-', 1)[0]}" if rest else channel

@@ -1,0 +1,30 @@
+"""Channel-variable names shared by the dialplan, the AGI routes, the AMI side and ctrackd-agi.
+
+They are a contract with `asterisk-dialplan/extensions_ctrackd.conf` and the
+`channelvars` line of `manager_ctrackd.conf`: rename one here and there in
+the same commit (tests/test_dialplan.py checks the dialplan uses them).
+It lives outside `agi/` and `ami/` because both sides speak it and adapters
+do not import each other.
+"""
+
+from __future__ import annotations
+
+#: inherited to every leg, listed in manager.conf channelvars: links AMI events to the call
+CALL_ID_VAR = "CTRACK_CALL_ID"
+#: inherited, listed in channelvars: the channel key, visible on every leg's AMI events
+CHANNEL_VAR = "CTRACK_CHANNEL"
+#: the caller-ID name as it arrived, kept by the dialplan before we change it
+ORIG_NAME_VAR = "CTRACK_ORIG_NAME"
+
+SOURCE_VAR = "CTRACK_SOURCE"
+MEDIUM_VAR = "CTRACK_MEDIUM"
+CAMPAIGN_VAR = "CTRACK_CAMPAIGN"
+LABEL_VAR = "CTRACK_LABEL"
+FORWARD_VAR = "CTRACK_FORWARD"
+RING_TIMEOUT_VAR = "CTRACK_RING_TIMEOUT"
+RECORDING_VAR = "CTRACK_RECORDING"
+CALLERID_NAME_VAR = "CTRACK_CALLERID_NAME"
+TRACKING_VAR = "CTRACK_TRACKING"
+
+#: the variables manager.conf must list in `channelvars`
+MANAGER_CHANNELVARS = (CALL_ID_VAR, CHANNEL_VAR)
