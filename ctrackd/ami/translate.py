@@ -22,8 +22,6 @@ from ctrackd.attribution.events import (
     BridgeEntered,
     ChannelCreated,
     ChannelHungUp,
-    ChannelListComplete,
-    ChannelListed,
     CoreEvent,
     DialBegan,
     DialEnded,
@@ -60,7 +58,8 @@ def call_id_of(message: Message) -> str | None:
     return None
 
 
-def _leg(message: Message) -> Leg | None:
+def leg_of(message: Message) -> Leg | None:
+    """The channel an event is about (None when it names no Uniqueid)."""
     uniqueid = message.get("Uniqueid")
     if not uniqueid:
         return None
@@ -82,7 +81,7 @@ def _text(value: Any) -> str | None:
 
 
 def on_newchannel(message: Message, ts: float) -> CoreEvent | None:
-    leg = _leg(message)
+    leg = leg_of(message)
     if leg is None:
         return None
     return ChannelCreated(ts=ts, leg=leg, exten=_text(message.get("Exten")),
@@ -90,7 +89,7 @@ def on_newchannel(message: Message, ts: float) -> CoreEvent | None:
 
 
 def on_dial_begin(message: Message, ts: float) -> CoreEvent | None:
-    leg, dest = _leg(message), message.get("DestUniqueid")
+    leg, dest = leg_of(message), message.get("DestUniqueid")
     if leg is None or not dest:
         return None
     return DialBegan(ts=ts, leg=leg, dest_uniqueid=dest,
@@ -99,7 +98,7 @@ def on_dial_begin(message: Message, ts: float) -> CoreEvent | None:
 
 
 def on_dial_end(message: Message, ts: float) -> CoreEvent | None:
-    leg, dest, status = _leg(message), message.get("DestUniqueid"), message.get("DialStatus")
+    leg, dest, status = leg_of(message), message.get("DestUniqueid"), message.get("DialStatus")
     if leg is None or not dest or not status:
         return None
     return DialEnded(ts=ts, leg=leg, dest_uniqueid=dest,
@@ -111,44 +110,32 @@ def on_var_set(message: Message, ts: float) -> CoreEvent | None:
     # from the hang-up cause alone (no DialBegin/DialEnd exists for it).
     if message.get("Variable") != "DIALSTATUS":
         return None
-    leg, value = _leg(message), message.get("Value")
+    leg, value = leg_of(message), message.get("Value")
     if leg is None or not value:
         return None
     return DialStatusSet(ts=ts, leg=leg, dial_status=value)
 
 
 def on_bridge_enter(message: Message, ts: float) -> CoreEvent | None:
-    leg = _leg(message)
+    leg = leg_of(message)
     if leg is None:
         return None
     return BridgeEntered(ts=ts, leg=leg, bridge_id=message.get("BridgeUniqueid") or "")
 
 
 def on_hangup_request(message: Message, ts: float) -> CoreEvent | None:
-    leg = _leg(message)
+    leg = leg_of(message)
     if leg is None:
         return None
     return HangupRequested(ts=ts, leg=leg, cause=_int(message.get("Cause")))
 
 
 def on_hangup(message: Message, ts: float) -> CoreEvent | None:
-    leg = _leg(message)
+    leg = leg_of(message)
     if leg is None:
         return None
     return ChannelHungUp(ts=ts, leg=leg, cause=_int(message.get("Cause")),
                          cause_txt=_text(message.get("Cause-txt")))
-
-
-def on_core_show_channel(message: Message, ts: float) -> CoreEvent | None:
-    leg = _leg(message)
-    if leg is None:
-        return None
-    return ChannelListed(ts=ts, leg=leg, state=message.get("ChannelStateDesc") or "",
-                         bridge_id=_text(message.get("BridgeId")))
-
-
-def on_core_show_channels_complete(message: Message, ts: float) -> CoreEvent | None:
-    return ChannelListComplete(ts=ts)
 
 
 def on_fully_booted(message: Message, ts: float) -> CoreEvent | None:
@@ -168,8 +155,6 @@ TRANSLATORS: dict[str, Translator] = {
     "BridgeEnter": on_bridge_enter,
     "HangupRequest": on_hangup_request,
     "Hangup": on_hangup,
-    "CoreShowChannel": on_core_show_channel,
-    "CoreShowChannelsComplete": on_core_show_channels_complete,
     "FullyBooted": on_fully_booted,
     "Shutdown": on_shutdown,
 }

@@ -81,16 +81,16 @@ class ChannelHungUp:         # Hangup
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelListed:         # CoreShowChannel (one per live channel after CoreShowChannels)
-    ts: float
-    leg: Leg
-    state: str               # ChannelStateDesc: Up, Ring, Ringing, ...
-    bridge_id: str | None
+class ChannelsListed:        # the answer to CoreShowChannels, applied as one event
+    """The live channels at one moment, and the calls we knew when we asked.
 
+    Only calls known *before* the question can be judged gone: a call that
+    began while the answer was on its way is simply not in it yet.
+    """
 
-@dataclass(frozen=True, slots=True)
-class ChannelListComplete:   # CoreShowChannelsComplete
     ts: float
+    legs: tuple[Leg, ...]
+    known_before: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,5 +104,5 @@ class AsteriskShutdown:      # Shutdown
 
 
 CoreEvent = (ChannelCreated | DialBegan | DialEnded | DialStatusSet | BridgeEntered
-             | HangupRequested | ChannelHungUp | ChannelListed | ChannelListComplete
-             | AsteriskBooted | AsteriskShutdown)
+             | HangupRequested | ChannelHungUp | ChannelsListed | AsteriskBooted
+             | AsteriskShutdown)

@@ -25,6 +25,7 @@ Outcome rules (see ../../../shared/asterisk-captures/README.md):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ctrackd.attribution.events import (
@@ -33,8 +34,7 @@ from ctrackd.attribution.events import (
     BridgeEntered,
     ChannelCreated,
     ChannelHungUp,
-    ChannelListComplete,
-    ChannelListed,
+    ChannelsListed,
     CoreEvent,
     DialBegan,
     DialEnded,
@@ -75,6 +75,8 @@ CALLER_HANGUP_CAUSES = frozenset({None, 0, 16, 31})
 # Channels that were created but may never become part of a tracked call
 # are remembered only this long (seconds of Asterisk time) to bound memory.
 _PENDING_TTL = 3600.0
+# How many finished call ids are remembered to ignore their stragglers.
+_FINISHED_MEMORY = 10_000
 
 
 @dataclass(slots=True)
@@ -93,7 +95,8 @@ class CallTracker:
         self._calls: dict[str, _Call] = {}
         self._legs: dict[str, str] = {}  # uniqueid of any known leg -> call id
         self._created: dict[str, ChannelCreated] = {}  # Newchannel not yet tied to a call
-        self._listing: set[str] | None = None  # call ids seen during a CoreShowChannels
+        # Calls closed lately: their late or repeated events must not reopen them.
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._handlers = {
             ChannelCreated: self._on_created,
             DialBegan: self._on_dial_began,
@@ -102,8 +105,7 @@ class CallTracker:
             BridgeEntered: self._on_bridge_entered,
             HangupRequested: self._on_hangup_requested,
             ChannelHungUp: self._on_hung_up,
-            ChannelListed: self._on_listed,
-            ChannelListComplete: self._on_list_complete,
+            ChannelsListed: self._on_channels_listed,
             AsteriskBooted: self._on_booted,
             AsteriskShutdown: self._on_shutdown,
         }
@@ -113,6 +115,10 @@ class CallTracker:
     @property
     def open_calls(self) -> int:
         return len(self._calls)
+
+    def known_calls(self) -> frozenset[str]:
+        """The calls open now: what a CoreShowChannels answer will be judged against."""
+        return frozenset(self._calls)
 
     def restore(self, progresses: list[CallProgress]) -> None:
         """Take back the calls the store still has open (after a daemon restart)."""
@@ -130,11 +136,15 @@ class CallTracker:
 
     # -- resolution of legs to calls ---------------------------------------
 
-    def _call_for(self, leg: Leg, ts: float) -> _Call | None:
+    def _call_id_of(self, leg: Leg) -> str | None:
         call_id = leg.call_id or self._legs.get(leg.uniqueid)
         if call_id is None and leg.linkedid in self._calls:
             call_id = leg.linkedid
-        if call_id is None:
+        return call_id
+
+    def _call_for(self, leg: Leg, ts: float) -> _Call | None:
+        call_id = self._call_id_of(leg)
+        if call_id is None or call_id in self._finished:
             return None
         call = self._calls.get(call_id)
         if call is None:
@@ -258,49 +268,36 @@ class CallTracker:
         call = self._calls.pop(call_id)
         for uniqueid in [call_id, *call.endpoints]:
             self._legs.pop(uniqueid, None)
+        self._finished[call_id] = None
+        if len(self._finished) > _FINISHED_MEMORY:
+            self._finished.popitem(last=False)
         return call.progress
+
+    def _close(self, call_id: str, ts: float, reason: str) -> CallProgress:
+        """End a call whose hang-up we did not see; keep what we know of it."""
+        call = self._calls[call_id]
+        status = (CallStatus.ANSWERED if call.progress.answered_at is not None
+                  else call.outcome or CallStatus.UNKNOWN)
+        call.progress.finish(status, ts, reason)
+        return self._forget(call_id)
 
     # -- resynchronisation after a (re)connect ------------------------------
 
     def _on_booted(self, event: AsteriskBooted) -> list[CallProgress]:
-        self._listing = None
         return []
 
-    def _on_listed(self, event: ChannelListed) -> list[CallProgress]:
-        if self._listing is None:
-            self._listing = set()
-        call_id = event.leg.call_id or self._legs.get(event.leg.uniqueid)
-        if call_id is None and event.leg.linkedid in self._calls:
-            call_id = event.leg.linkedid
-        if call_id is not None:
-            self._listing.add(call_id)
-        return []
-
-    def _on_list_complete(self, event: ChannelListComplete) -> list[CallProgress]:
-        """Close every call Asterisk no longer has: it ended while we could not see."""
-        live = self._listing or set()
-        self._listing = None
-        closed = []
-        for call_id in [c for c in self._calls if c not in live]:
-            call = self._calls[call_id]
-            status = (CallStatus.ANSWERED if call.progress.answered_at is not None
-                      else call.outcome or CallStatus.UNKNOWN)
-            call.progress.finish(status, event.ts, "gone_after_reconnect")
-            closed.append(self._forget(call_id))
+    def _on_channels_listed(self, event: ChannelsListed) -> list[CallProgress]:
+        """Close every call we knew that Asterisk no longer has: it ended unseen."""
+        live = {call_id for leg in event.legs if (call_id := self._call_id_of(leg))}
+        gone = [c for c in event.known_before if c in self._calls and c not in live]
         # Newchannel events of calls we never learned about are stale now too.
         self._created.clear()
-        return closed
+        return [self._close(call_id, event.ts, "gone_after_reconnect") for call_id in gone]
 
     def _on_shutdown(self, event: AsteriskShutdown) -> list[CallProgress]:
         """Asterisk is going away: whatever is still open cannot continue."""
-        closed = []
-        for call_id in list(self._calls):
-            call = self._calls[call_id]
-            status = (CallStatus.ANSWERED if call.progress.answered_at is not None
-                      else call.outcome or CallStatus.UNKNOWN)
-            call.progress.finish(status, event.ts, "asterisk_shutdown")
-            closed.append(self._forget(call_id))
-        return closed
+        return [self._close(call_id, event.ts, "asterisk_shutdown")
+                for call_id in list(self._calls)]
 
 
 def endpoint_of(channel: str, dial_string: str | None) -> str:
