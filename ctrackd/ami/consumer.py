@@ -1,0 +1,179 @@
+"""The one consumer of AMI events: queue -> translate -> tracker -> store, in order.
+
+A busy PBX sends thousands of events a second and only a few change a call
+record. The consumer takes whatever is queued (up to `batch_max`), applies it
+in order, and writes the changed records in one transaction per batch: the
+store sees a few commits a second, not one per event.
+
+Resynchronisation: after every (re)connect, and every `resync_interval`, it
+asks Asterisk for its live channels (CoreShowChannels). The answer is put
+back on the same queue, behind the events read before it, so it is applied
+in stream order; calls that were open before the question and are not in
+the answer ended unseen and are closed (see CallTracker).
+
+Nothing here may stop on bad input: one error boundary per event; a failed
+store write is kept and retried with the next batch, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from ctrackd.ami.connection import AmiLinkEvent
+from ctrackd.ami.translate import leg_of, translate
+from ctrackd.attribution.events import ChannelsListed
+from ctrackd.attribution.records import CallProgress
+from ctrackd.attribution.tracker import CallTracker
+
+log = structlog.get_logger("ctrackd.ami")
+
+SaveProgress = Callable[[list[CallProgress]], Awaitable[None]]
+RequestSnapshot = Callable[[], Awaitable[list[Mapping[str, Any]]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The answer to CoreShowChannels, queued behind the events read before it."""
+
+    messages: list[Mapping[str, Any]]
+    known_before: frozenset[str]
+    received_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ResyncDue:
+    """A periodic nudge to ask Asterisk for its live channels again."""
+
+
+class AmiConsumer:
+    def __init__(self, *, queue: asyncio.Queue[Any], tracker: CallTracker,
+                 save_progress: SaveProgress, request_snapshot: RequestSnapshot,
+                 on_call_finished: Callable[[CallProgress], None] | None = None,
+                 clock: Callable[[], float] = time.time, batch_max: int = 1000,
+                 resync_interval: float = 300.0) -> None:
+        self._queue = queue
+        self._tracker = tracker
+        self._save = save_progress
+        self._request_snapshot = request_snapshot
+        self._on_finished = on_call_finished
+        self._clock = clock
+        self._batch_max = batch_max
+        self._resync_interval = resync_interval
+        self._pending: dict[str, CallProgress] = {}  # changed records not yet committed
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._connected = False
+        self.events = 0          # AMI messages consumed
+        self.failed_events = 0   # messages whose handling raised (logged, skipped)
+        self.batches = 0
+
+    async def run(self) -> None:
+        """Consume forever (until cancelled); the daemon watches this task."""
+        ticker = asyncio.create_task(self._tick())
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self._batch_max and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                self._apply_batch(batch)
+                await self.flush()
+        finally:
+            ticker.cancel()
+            if self._snapshot_task is not None:
+                self._snapshot_task.cancel()
+
+    async def drain(self) -> None:
+        """Apply what is queued now and commit it: the daemon's last act on stop."""
+        batch = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        self._apply_batch(batch)
+        await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        records = list(self._pending.values())
+        try:
+            await self._save(records)
+        except Exception as exc:
+            log.error("call_progress_save_failed", error=repr(exc), calls=len(records))
+            return  # kept in _pending: retried with the next batch
+        for record in records:
+            if self._pending.get(record.call_id) is record:
+                del self._pending[record.call_id]
+        self.batches += 1
+
+    # -- one batch, in order ---------------------------------------------------
+
+    def _apply_batch(self, batch: list[Any]) -> None:
+        received_at = self._clock()
+        for item in batch:
+            if isinstance(item, AmiLinkEvent):
+                self._on_link(item)
+            elif isinstance(item, Snapshot):
+                self._on_snapshot(item)
+            elif isinstance(item, ResyncDue):
+                if self._connected:
+                    self._ask_snapshot()
+            else:
+                self._on_message(item, received_at)
+
+    def _on_message(self, message: Mapping[str, Any], received_at: float) -> None:
+        self.events += 1
+        try:
+            event = translate(message, received_at)
+            if event is not None:
+                self._keep(self._tracker.apply(event))
+        except Exception:  # one bad event must not stop the daemon
+            self.failed_events += 1
+            log.exception("ami_event_failed", ami_event=str(message.get("Event")),
+                          uniqueid=str(message.get("Uniqueid")))
+
+    def _keep(self, changed: list[CallProgress]) -> None:
+        for progress in changed:
+            # A copy: the tracker goes on mutating its object while the store
+            # writes this one from another thread.
+            self._pending[progress.call_id] = dataclasses.replace(progress)
+            if progress.ended_at is not None and self._on_finished is not None:
+                self._on_finished(progress)
+
+    def _on_link(self, link: AmiLinkEvent) -> None:
+        self._connected = link.kind == "connected"
+        if self._connected:
+            self._ask_snapshot()
+
+    def _ask_snapshot(self) -> None:
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        known = self._tracker.known_calls()
+        self._snapshot_task = asyncio.create_task(self._fetch_snapshot(known))
+
+    async def _fetch_snapshot(self, known: frozenset[str]) -> None:
+        try:
+            messages = await self._request_snapshot()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("ami_resync_failed", error=repr(exc), open_calls=len(known))
+            return
+        self._queue.put_nowait(Snapshot(list(messages), known, self._clock()))
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        legs = tuple(leg for m in snapshot.messages
+                     if m.get("Event") == "CoreShowChannel" and (leg := leg_of(m)) is not None)
+        closed = self._tracker.apply(ChannelsListed(
+            ts=snapshot.received_at, legs=legs, known_before=snapshot.known_before))
+        self._keep(closed)
+        log.info("ami_resynced", live_channels=len(legs), closed_calls=len(closed),
+                 open_calls=self._tracker.open_calls)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync_interval)
+            self._queue.put_nowait(ResyncDue())

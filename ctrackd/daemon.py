@@ -1,0 +1,203 @@
+"""The composition root: the only module that sees every part and wires them.
+
+Lifecycle (uvicorn's shape): `start()` returns once the FastAGI port is
+bound and the store is open; `run()` waits for a stop request or for a part
+that died; `stop()` stops accepting AGI connections, lets in-flight sessions
+finish within a bound (and says how many it cut), then stops AMI, applies
+and commits what the AMI queue still holds, and closes the store.
+
+A background task that dies takes the daemon down loudly (exit 1, systemd
+restarts it) rather than leaving it half alive. SIGHUP reloads the config:
+validated first; a bad file is logged with FILE:LINE:COL and the daemon
+keeps running on the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import structlog
+
+from ctrackd.agi.routes import TrackRoute, build_routes
+from ctrackd.agi.server import AgiServer
+from ctrackd.ami.connection import AmiConnection
+from ctrackd.ami.consumer import AmiConsumer
+from ctrackd.attribution.plan import StaticPlan
+from ctrackd.attribution.records import CallProgress
+from ctrackd.attribution.tracker import CallTracker
+from ctrackd.config import Config, ConfigError, load_config
+from ctrackd.logs import configure_logging, mask_number
+from ctrackd.store.database import Store
+from ctrackd.systemd import SystemdNotifier
+
+log = structlog.get_logger("ctrackd")
+
+#: settings a reload cannot change in a running daemon (they need a restart)
+_RESTART_ONLY = ("ami", "agi", "store")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, stop_grace: float = 5.0) -> None:
+        self.config = config
+        self._plan: StaticPlan = config.static_plan()
+        self._stop_grace = stop_grace
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.store: Store | None = None
+        self.agi: AgiServer | None = None
+        self.ami: AmiConnection | None = None
+        self.consumer: AmiConsumer | None = None
+        self.tracker: CallTracker | None = None
+        self.agi_address: tuple[str, int] | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.store = await Store.open(cfg.store.path, synchronous=cfg.store.synchronous)
+        self.tracker = CallTracker(region=cfg.phone_region)
+        open_calls = await self.store.open_calls()
+        self.tracker.restore(open_calls)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.ami = AmiConnection(
+            host=cfg.ami.host, port=cfg.ami.port, username=cfg.ami.username,
+            secret=cfg.ami.secret, queue=queue, events=cfg.ami.events,
+            ping_interval=cfg.ami.ping_interval, liveness_timeout=cfg.ami.liveness_timeout,
+            action_timeout=cfg.ami.action_timeout, reconnect_max=cfg.ami.reconnect_max)
+        self.consumer = AmiConsumer(
+            queue=queue, tracker=self.tracker, save_progress=self.store.save_progress,
+            request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished)
+        track = TrackRoute(plan=lambda: self._plan, save=self.store.save_attribution)
+        self.agi = AgiServer(build_routes(track), host=cfg.agi.host, port=cfg.agi.port,
+                             max_sessions=cfg.agi.max_sessions,
+                             session_timeout=cfg.agi.session_timeout,
+                             env_timeout=cfg.agi.env_timeout)
+        self.agi_address = await self.agi.start()
+        self._watch(asyncio.create_task(self.consumer.run(), name="ami-consumer"))
+        await self.ami.start()
+        log.info("daemon_started", agi=f"{self.agi_address[0]}:{self.agi_address[1]}",
+                 ami=f"{cfg.ami.host}:{cfg.ami.port}", store=str(cfg.store.path),
+                 open_calls=len(open_calls), numbers=len(cfg.numbers),
+                 channels=len(cfg.channels))
+
+    async def run(self) -> None:
+        """Wait until a stop is requested or a part dies (then raise its error)."""
+        await self._stopping.wait()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        started = time.monotonic()
+        cancelled = await self.agi.stop(self._stop_grace) if self.agi else 0
+        if self.ami is not None:
+            await self.ami.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.consumer is not None:
+            await self.consumer.drain()
+        if self.store is not None:
+            await self.store.close()
+        log.info("daemon_stopped", agi_sessions_cancelled=cancelled,
+                 seconds=round(time.monotonic() - started, 3))
+
+    def reload(self) -> bool:
+        """Re-read the config; on any error keep the running one and say why."""
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("config_reload_failed", error=str(exc))
+            return False
+        ignored = [name for name in _RESTART_ONLY
+                   if getattr(new, name) != getattr(self.config, name)]
+        if ignored:
+            log.warning("config_needs_restart", sections=ignored)
+        self.config = new
+        self._plan = new.static_plan()
+        log.info("config_reloaded", numbers=len(new.numbers), channels=len(new.channels))
+        return True
+
+    # -- internals -------------------------------------------------------------
+
+    async def _request_snapshot(self) -> list[Any]:
+        assert self.ami is not None
+        return await self.ami.action({"Action": "CoreShowChannels"}, multi=True)
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stopping.is_set():
+            return
+        error = task.exception() or RuntimeError(f"task {task.get_name()} ended")
+        log.critical("daemon_task_died", task=task.get_name(), error=repr(error))
+        self._fatal = error
+        self._stopping.set()
+
+
+def _log_call_finished(progress: CallProgress) -> None:
+    """The one summary line per finished call."""
+    log.info("call_finished", call_id=progress.call_id, status=progress.status.value,
+             did=progress.did, caller=mask_number(progress.caller),
+             answered_by=progress.answered_by, ring_seconds=progress.ring_seconds,
+             talk_seconds=progress.talk_seconds, duration_seconds=progress.duration_seconds,
+             reason=progress.close_reason)
+
+
+async def serve(daemon: Daemon, notifier: SystemdNotifier | None = None) -> int:
+    """Run a daemon with signal handling until it stops; return the exit code."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, notifier))
+    code = 0
+    try:
+        await daemon.start()
+        if notifier is not None:
+            notifier.ready(f"AGI on {daemon.agi_address[0]}:{daemon.agi_address[1]}")
+            notifier.start_watchdog()
+        await daemon.run()
+    except Exception as exc:
+        log.critical("daemon_failed", error=repr(exc))
+        code = 1
+    finally:
+        if notifier is not None:
+            notifier.stopping()
+        await daemon.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+    return code
+
+
+def _reload(daemon: Daemon, notifier: SystemdNotifier | None) -> None:
+    if notifier is not None:
+        notifier.reloading()
+    daemon.reload()
+    if notifier is not None:
+        notifier.ready("configuration reloaded")
+
+
+def run_daemon(config_path: str) -> int:
+    """`ctrackd run -c FILE`: the process entry point; returns the exit code."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"ctrackd: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(config.log.level, config.log.format,
+                      show_numbers=config.log.show_numbers)
+    notifier = SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
+    try:
+        return asyncio.run(serve(Daemon(config), notifier))
+    except KeyboardInterrupt:
+        return 0
