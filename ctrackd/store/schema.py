@@ -1,0 +1,149 @@
+"""The store's schema, as an append-only list of migrations.
+
+A call store outlives many ctrackd versions, so the schema only ever moves
+forward by numbered steps: a released migration is never edited, a change is a
+new entry at the end. The version lives in `PRAGMA user_version` (in the file
+header, transactional, no extra table). Each step runs in its own transaction
+that re-reads the version once it holds the write lock, so the daemon and the
+fallback AGI script starting at the same moment cannot apply a step twice.
+A database written by a newer ctrackd is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+
+class StoreError(Exception):
+    """A store problem the admin can act on; str() is the whole message."""
+
+
+class SchemaTooNewError(StoreError):
+    pass
+
+
+#: (version, SQL script). Append only: never edit a step that has shipped.
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+    -- One row per call. The attribution half is written by the AGI side, the
+    -- progress half by the AMI side; created_at/updated_at by whoever writes.
+    CREATE TABLE calls (
+        call_id          TEXT PRIMARY KEY NOT NULL,
+        started_at       REAL NOT NULL,          -- epoch seconds UTC
+        -- attribution
+        did              TEXT,
+        caller           TEXT,
+        caller_name      TEXT,
+        tracking         TEXT NOT NULL DEFAULT 'untracked',
+        channel          TEXT,
+        source           TEXT,
+        medium           TEXT,
+        campaign         TEXT,
+        label            TEXT,
+        forward_to       TEXT,                   -- NULL while only AMI has seen the call
+        ring_timeout     INTEGER,
+        recording_path   TEXT,
+        note             TEXT,
+        -- progress
+        status           TEXT NOT NULL DEFAULT 'new',
+        answered_at      REAL,
+        answered_by      TEXT,
+        ended_at         REAL,
+        ring_seconds     REAL,
+        talk_seconds     REAL,
+        duration_seconds REAL,
+        hangup_cause     INTEGER,
+        hangup_cause_txt TEXT,
+        dial_status      TEXT,
+        close_reason     TEXT,
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL
+    );
+    -- The CLI filters, each with started_at so "newest first" needs no sort.
+    CREATE INDEX calls_started_at ON calls (started_at);
+    CREATE INDEX calls_status ON calls (status, started_at);
+    CREATE INDEX calls_channel ON calls (channel, started_at);
+    CREATE INDEX calls_caller ON calls (caller, started_at);
+    -- Open calls: what the tracker reloads at start; tiny next to the table.
+    CREATE INDEX calls_open ON calls (started_at) WHERE ended_at IS NULL;
+    -- `ctrackd calls --follow` polls for what changed in the last seconds.
+    CREATE INDEX calls_updated_at ON calls (updated_at);
+    """),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database up to LATEST_VERSION; return the version it is at now.
+
+    Each step is one transaction: a crash or a failing statement leaves the
+    database at the previous version, never half-migrated.
+    """
+    _refuse_newer(schema_version(conn))
+    saved_isolation = conn.isolation_level
+    conn.isolation_level = None  # we issue BEGIN/COMMIT ourselves
+    try:
+        for version, script in MIGRATIONS:
+            if schema_version(conn) >= version:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have migrated while we waited for the lock.
+                current = schema_version(conn)
+                _refuse_newer(current)
+                if current < version:
+                    for statement in _statements(script):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {int(version)}")
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+    finally:
+        conn.isolation_level = saved_isolation
+    return schema_version(conn)
+
+
+def require_current(conn: sqlite3.Connection, path: object) -> None:
+    """For readers (the CLI), which never migrate: say plainly why the file will not do."""
+    version = schema_version(conn)
+    if version == 0:
+        raise StoreError(f"{path} is not a ctrackd call store (empty or another database)")
+    _refuse_newer(version)
+    if version < LATEST_VERSION:
+        raise StoreError(f"the call store {path} has schema version {version}, this ctrackd needs"
+                         f" {LATEST_VERSION}: start the daemon once to migrate it")
+
+
+def _refuse_newer(version: int) -> None:
+    if version > LATEST_VERSION:
+        raise SchemaTooNewError(
+            f"the call store has schema version {version}, newer than this ctrackd knows"
+            f" ({LATEST_VERSION}): upgrade ctrackd (downgrading the store is not supported)")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements; sqlite3.complete_statement keeps a trigger body whole.
+
+    executescript() would be simpler but COMMITs any open transaction first,
+    which would break the one-transaction-per-step guarantee.
+    """
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if _strip_comments(pending).strip(" \n\t;"):
+                yield pending
+            pending = ""
+    if _strip_comments(pending).strip(" \n\t;"):
+        raise ValueError(f"incomplete SQL statement in a migration: {pending!r}")
+
+
+def _strip_comments(sql: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
