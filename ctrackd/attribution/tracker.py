@@ -85,6 +85,7 @@ class _Call:
     endpoints: dict[str, str] = field(default_factory=dict)  # dest uniqueid -> endpoint
     outcome: CallStatus | None = None
     caller_gave_up: bool = False
+    request_cause: int | None = None  # a HangupRequest's cause that was not the caller's
 
 
 class CallTracker:
@@ -239,6 +240,8 @@ class CallTracker:
             return []
         if call.outcome is None and event.cause in CALLER_HANGUP_CAUSES:
             call.caller_gave_up = True
+        elif event.cause not in CALLER_HANGUP_CAUSES:
+            call.request_cause = event.cause  # e.g. 34 from Congestion() after CHANUNAVAIL
         return []
 
     def _on_hung_up(self, event: ChannelHungUp) -> list[CallProgress]:
@@ -262,7 +265,7 @@ class CallTracker:
             return call.outcome
         if call.caller_gave_up:
             return CallStatus.ABANDONED
-        return CAUSE_OUTCOMES.get(cause or 0, CallStatus.ABANDONED)
+        return CAUSE_OUTCOMES.get(cause or call.request_cause or 0, CallStatus.ABANDONED)
 
     def _forget(self, call_id: str) -> CallProgress:
         call = self._calls.pop(call_id)

@@ -1,0 +1,108 @@
+"""Config validation: every bad value names FILE:LINE:COL, the key path and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ctrackd.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = """\
+ami:
+  username: ctrackd
+  secret: s3cret
+store:
+  path: calls.sqlite3
+defaults:
+  forward_to: PJSIP/office
+channels:
+  google:
+    label: Google Ads
+numbers:
+  "+74950000001":
+    channel: google
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ctrackd.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(ROOT / "config" / "ctrackd.example.yaml")
+    assert config.store.path == (ROOT / "var" / "ctrackd.sqlite3")
+    assert config.agi.host == "127.0.0.1" and config.agi.port == 4573
+    assert "+74950000003" in config.numbers            # written as 84950000003
+    assert config.channels["yandex-direct"].label == "Яндекс.Директ"
+    assert "change-me" not in repr(config.ami)          # the secret stays out of logs
+
+
+def test_defaults_and_relative_store_path(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.store.path == tmp_path / "calls.sqlite3"
+    assert (config.ami.host, config.ami.port) == ("127.0.0.1", 5038)
+    assert config.defaults.ring_timeout == 30
+    assert config.phone_region == "RU"
+    plan = config.static_plan()
+    assert plan.numbers["+74950000001"].channel == "google"
+
+
+@pytest.mark.parametrize("old, new, where, message", [
+    ("  secret: s3cret\n", "  secret: s3cret\n  prot: 5038\n", "4:3",
+     "ami.prot: expected one of the keys"),
+    ("  forward_to: PJSIP/office\n", "  forward_to: PJSIP/office,tT\n", "7:15",
+     "defaults.forward_to: expected a Dial string"),
+    ("    channel: google\n", "    channel: gogle\n", "13:14",
+     "numbers.+74950000001.channel: expected one of the channels (google), found 'gogle'"),
+    ('  "+74950000001":\n', '  "hello":\n', "12:3",
+     "numbers: expected a phone number (DID)"),
+    ("  forward_to: PJSIP/office\n", "  forward_to: PJSIP/office\n  ring_timeout: soon\n", "8:17",
+     "defaults.ring_timeout: expected a whole number from 1 to 600, found 'soon'"),
+    ("  forward_to: PJSIP/office\n", "  forward_to: PJSIP/office\n  ring_timeout: 0\n", "8:17",
+     "defaults.ring_timeout: expected a whole number from 1 to 600, found 0"),
+    ("  username: ctrackd\n", "", "2:3", "ami.username: expected this required key"),
+    ("    label: Google Ads\n", "    label: Google Ads\n    lable: x\n", "11:5",
+     "channels.google.lable: expected one of the keys"),
+    ('numbers:\n  "+74950000001":\n    channel: google\n',
+     'numbers:\n  "+74950000001":\n    channel: google\n  "84950000001":\n    channel: google\n',
+     "14:3", "numbers.84950000001: expected each number once (it is +74950000001, already at "
+     "line 12)"),
+    ("ami:\n", "ami:\n  port: 5038\n  port: 5039\n", "3:3",
+     "ami.port: expected each key once (first at line 2)"),
+    ("store:\n  path: calls.sqlite3\n", "store:\n  path: [a, b]\n", "5:9",
+     "store.path: expected a text value, found a list"),
+    ("defaults:\n", "phone_region: XX\ndefaults:\n", "6:15",
+     "phone_region: expected a two-letter region code"),
+    ("ami:\n  username: ctrackd\n", "ami:\n  username: ctrackd\n  host: [x\n", "4:9",
+     "invalid YAML"),
+])
+def test_bad_config_points_at_the_line(tmp_path: Path, old: str, new: str, where: str,
+                                       message: str) -> None:
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    text = str(raised.value)
+    assert text.startswith(f"{path}:"), text
+    assert message in text, text
+    if where:
+        line = where.split(":")[0]
+        assert text.split(":")[1] == line, text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "expected a mapping of settings, found an empty file"),
+    ("- a\n- b\n", "expected a mapping, found a list"),
+])
+def test_not_a_config_at_all(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
