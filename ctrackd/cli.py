@@ -1,0 +1,328 @@
+"""`ctrackd`: the admin's commands, one explicit table of subcommands.
+
+The daemon runs under systemd; everything else an admin does over SSH goes
+through here: check a config before a reload, read the calls, get a report.
+Reads open the store read-only (WAL: the daemon never waits for us). Every
+bad input ends in one clear sentence on stderr and exit 1 (2 for usage
+errors, from argparse), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctrackd import dates, output
+from ctrackd.output import Column
+from ctrackd.store import queries
+from ctrackd.store.schema import StoreError
+
+DEFAULT_CONFIG = os.environ.get("CTRACKD_CONFIG", "/etc/ctrackd/ctrackd.yaml")
+FORMATS = ("table", "json", "csv")
+LOCK_WAIT = 3.0        # seconds a read waits on a locked store before saying so
+FOLLOW_INTERVAL = 1.0  # seconds between polls of `calls --follow`
+# A poll re-reads this many seconds of changes: a row's updated_at is taken
+# a little before its transaction commits, so a strict "after the last
+# change" could miss it. Duplicates are filtered out.
+FOLLOW_OVERLAP = 10.0
+
+
+class CliError(Exception):
+    """A sentence for the admin; the command exits 1."""
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = dates.attach_relative_values(sys.argv[1:] if argv is None else argv,
+                                         ("--since", "--until"))
+    parser = build_parser()
+    args = parser.parse_args(words)
+    since, until = getattr(args, "since", None), getattr(args, "until", None)
+    if since is not None and until is not None and since >= until:
+        parser.error("--since must be earlier than --until")
+    # A caller-ID name the terminal's encoding cannot show becomes "?", not a traceback.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    try:
+        return args.run(args)
+    except (CliError, StoreError) as exc:
+        print(f"ctrackd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `ctrackd calls | head`: the reader left, that is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctrackd", description="Call tracking for Asterisk.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"the config file (default: {DEFAULT_CONFIG}, or $CTRACKD_CONFIG)")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help, parents=[config])
+        command.arguments(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+# -- run, check-config ---------------------------------------------------------
+
+def run_command(args: argparse.Namespace) -> int:
+    from ctrackd.daemon import run_daemon  # the daemon's imports only when it runs
+    return run_daemon(args.config)
+
+
+def check_config_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: ok: {len(config.channels)} channels, {len(config.numbers)} numbers,"
+          f" store {config.store.path}")
+    return 0
+
+
+def load_config(path: str) -> Any:
+    from ctrackd.config import ConfigError, load_config as load
+    try:
+        return load(path)
+    except ConfigError as exc:  # already "FILE:LINE:COL: key.path: expected ..."
+        raise CliError(str(exc)) from None
+
+
+# -- calls ---------------------------------------------------------------------
+
+def calls_arguments(p: argparse.ArgumentParser) -> None:
+    _range_arguments(p)
+    p.add_argument("--status", choices=queries.STATUS_FILTERS, metavar="S",
+                   help="only calls in this status: " + ", ".join(queries.STATUS_FILTERS)
+                   + " (missed = busy, no_answer, abandoned, failed; open = not ended)")
+    p.add_argument("--channel", metavar="KEY", help="only calls of this channel (its config key)")
+    p.add_argument("--caller", metavar="NUMBER",
+                   help="only calls from this number, in any spelling (+7916..., 8916...)")
+    p.add_argument("--limit", type=_count, default=50, metavar="N",
+                   help="at most N calls, the newest (default 50, 0 = all)")
+    p.add_argument("--follow", action="store_true",
+                   help="then keep printing new and newly ended calls until Ctrl-C "
+                        "(oldest first, like tail -f)")
+    p.add_argument("--full-numbers", action="store_true",
+                   help="show callers' full numbers in the table (masked by default)")
+    _format_argument(p, "json: one array, or JSON lines (one call per line) with --follow")
+
+
+def calls_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    caller = _normalised_caller(args.caller, config.phone_region)
+    if args.channel and args.channel not in config.channels:
+        print(f"ctrackd: note: {args.config} has no channel {args.channel!r}", file=sys.stderr)
+    filters = dict(since=args.since, until=args.until, status=args.status,
+                   channel=args.channel, caller=caller)
+    columns = _call_columns(args.full_numbers)
+    with _reading(config.store.path) as conn:
+        if not args.follow:
+            calls = queries.list_calls(conn, limit=args.limit or None, **filters)
+            if not calls and args.format == "table":
+                print("ctrackd: no calls match", file=sys.stderr)
+                return 0
+            _print(args.format, calls, columns, queries.CALL_FIELDS)
+            return 0
+        return _follow(conn, args.limit, filters, _Stream(args.format, columns))
+
+
+def _follow(conn: sqlite3.Connection, limit: int, filters: dict[str, Any],
+            stream: _Stream) -> int:
+    """Print the last `limit` calls, then new calls and calls that end, until Ctrl-C.
+
+    Each poll reads rows inserted after the last rowid seen or changed in the
+    last FOLLOW_OVERLAP seconds; `printed` (call_id -> shown as ended) drops
+    what was shown already. The calls that changed just before we started
+    count as shown, or the first poll would print them all again; they are
+    read before the marks, so a call landing in between is not missed.
+    """
+    try:
+        start = queries.change_marks(conn)
+        printed = {c["call_id"]: c["ended_at"] is not None for c in queries.list_calls(
+            conn, changed_since=start[1] - FOLLOW_OVERLAP, **filters)}
+        marks = queries.change_marks(conn)
+        fresh = list(reversed(queries.list_calls(conn, limit=limit or None, **filters)))
+        while True:
+            for call in fresh:
+                printed[call["call_id"]] = call["ended_at"] is not None
+            stream.emit(fresh)
+            if len(printed) > 100_000:  # days of calls: forget the oldest ended ones
+                for call_id in [k for k, ended in printed.items() if ended][:50_000]:
+                    del printed[call_id]
+            time.sleep(FOLLOW_INTERVAL)
+            try:
+                new_marks = queries.change_marks(conn)
+                changed = queries.list_calls(conn, after_rowid=marks[0],
+                                             changed_since=marks[1] - FOLLOW_OVERLAP, **filters)
+            except sqlite3.OperationalError as exc:
+                if _is_lock(exc):  # the daemon is busy (a checkpoint): next second
+                    fresh = []
+                    continue
+                raise
+            marks = new_marks
+            fresh = [c for c in reversed(changed) if c["call_id"] not in printed
+                     or (c["ended_at"] is not None and not printed[c["call_id"]])]
+    except KeyboardInterrupt:  # Ctrl-C is how --follow ends
+        return 0
+
+
+def _call_columns(full_numbers: bool) -> list[Column]:
+    return [
+        Column("started_at", "TIME", output.local_time, min_width=11, max_width=11),
+        Column("caller", "CALLER", output.text if full_numbers else output.mask_number,
+               min_width=8, max_width=16),
+        Column("channel", "CHANNEL", min_width=7, max_width=20),
+        Column("status", "STATUS", min_width=9, max_width=9),
+        Column("ring_seconds", "RING", output.duration, ">", min_width=4, max_width=5),
+        Column("talk_seconds", "TALK", output.duration, ">", min_width=4, max_width=7),
+        Column("answered_by", "ANSWERED", min_width=8, max_width=24),
+    ]
+
+
+# -- report --------------------------------------------------------------------
+
+def report_arguments(p: argparse.ArgumentParser) -> None:
+    _range_arguments(p)
+    p.add_argument("--by", choices=("channel", "day"), default="channel",
+                   help="one row per channel or per local calendar day (default: channel)")
+    _format_argument(p, "json: one array, the total last (is_total: true)")
+
+
+def report_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with _reading(config.store.path) as conn:
+        rows = queries.report(conn, since=args.since, until=args.until, by=args.by)
+    fields = (args.by, "calls", "answered", "missed", "unique_callers", "answer_rate",
+              "avg_ring_seconds", "avg_talk_seconds", "is_total")
+    if args.format != "table":
+        _print(args.format, rows, [], fields)
+        return 0
+    for row in rows:  # None is a group of its own (calls with no channel)
+        row[args.by] = "TOTAL" if row["is_total"] else row[args.by] or "(none)"
+    columns = [
+        Column(args.by, args.by.upper(), min_width=8, max_width=24),
+        Column("calls", "CALLS", align=">"),
+        Column("answered", "ANSWERED", align=">"),
+        Column("missed", "MISSED", align=">"),
+        Column("unique_callers", "UNIQUE", align=">"),
+        Column("answer_rate", "RATE", output.percent, ">"),
+        Column("avg_ring_seconds", "AVG RING", output.duration, ">"),
+        Column("avg_talk_seconds", "AVG TALK", output.duration, ">"),
+    ]
+    sys.stdout.write(output.render_table(rows[:-1], columns, width=_width(), footer=rows[-1:]))
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("run the daemon (FastAGI + AMI), as systemd does", lambda p: None,
+                   run_command),
+    "check-config": Command("validate a config file and summarise it", lambda p: None,
+                            check_config_command),
+    "calls": Command("list calls, newest first", calls_arguments, calls_command),
+    "report": Command("calls, answered, missed, answer rate, ring and talk times per channel"
+                      " or per day", report_arguments, report_command),
+}
+
+
+# -- shared pieces ---------------------------------------------------------------
+
+def _range_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=dates.since_arg, metavar="WHEN",
+                   help="calls started at or after WHEN: " + dates.HELP)
+    p.add_argument("--until", type=dates.until_arg, metavar="WHEN",
+                   help="calls started before WHEN (a whole day, e.g. 2026-11-22 or today,"
+                        " counts to its end); same forms as --since")
+
+
+def _format_argument(p: argparse.ArgumentParser, json_help: str) -> None:
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help=f"table (80 columns, local times), csv (with a header row), {json_help}")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}")
+    return int(text)
+
+
+def _normalised_caller(raw: str | None, region: str) -> str | None:
+    if raw is None:
+        return None
+    from ctrackd.attribution.numbers import normalise_number  # phonenumbers loads slowly
+    number = normalise_number(raw, region)
+    if number is None:
+        raise CliError(f"--caller {raw!r} is not a phone number")
+    return number
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only store connection; SQLite errors become a sentence naming the file."""
+    try:
+        conn = queries.connect(path, readonly=True, busy_timeout=LOCK_WAIT)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        if _is_lock(exc):
+            raise CliError(f"the call store {path} stayed locked for {LOCK_WAIT:g} s"
+                           " (another process holds it): try again") from None
+        raise CliError(f"cannot read the call store {path}: {exc}") from None
+
+
+def _is_lock(exc: sqlite3.Error) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _width() -> int:
+    # 80 columns at most (SSH sessions, pasted into tickets); fewer on a narrow terminal.
+    return min(80, shutil.get_terminal_size((80, 24)).columns) if sys.stdout.isatty() else 80
+
+
+def _print(fmt: str, rows: list[dict[str, Any]], columns: list[Column],
+           fields: Sequence[str]) -> None:
+    if fmt == "json":
+        sys.stdout.write(output.json_array(rows))
+    elif fmt == "csv":
+        output.write_csv(rows, fields, sys.stdout)
+    else:
+        sys.stdout.write(output.render_table(rows, columns, width=_width()))
+
+
+class _Stream:
+    """Output that grows (`--follow`): fixed table columns, one header, JSON lines."""
+
+    def __init__(self, fmt: str, columns: list[Column]) -> None:
+        self.fmt, self.columns = fmt, columns
+        self.widths = output.fit_widths(columns, width=_width())
+        self.started = False
+
+    def emit(self, calls: list[dict[str, Any]]) -> None:
+        if self.fmt == "json":
+            sys.stdout.write("".join(output.json_line(c) for c in calls))
+        elif self.fmt == "csv":
+            output.write_csv(calls, queries.CALL_FIELDS, sys.stdout, header=not self.started)
+        else:
+            sys.stdout.write(output.render_table(calls, self.columns, widths=self.widths,
+                                                 header=not self.started))
+        self.started = True
+        sys.stdout.flush()  # a pipe is block-buffered: a followed call must show now
