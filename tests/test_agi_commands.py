@@ -195,7 +195,8 @@ def test_quote(value: str, text: str) -> None:
 
 
 def test_set_variable_matches_the_captures() -> None:
-    assert set_variable("FORWARD_TO", "IAX2/phones/100") == 'SET VARIABLE FORWARD_TO "IAX2/phones/100"'
+    assert (set_variable("FORWARD_TO", "IAX2/phones/100")
+            == 'SET VARIABLE FORWARD_TO "IAX2/phones/100"')
     assert (set_variable("TRACK_CHANNEL", "Яндекс.Директ")
             == 'SET VARIABLE TRACK_CHANNEL "Яндекс.Директ"')
     line = set_variable("X", 'a,"b"\\')

@@ -167,7 +167,7 @@ class AgiChannel:
                     await self._writer.drain()
                     reply = await self._read_reply()
             except TimeoutError:
-                raise AgiProtocolError(f"no reply within {timeout:g} s to {line[:30]!r}") from None
+                raise AgiProtocolError(f"no reply within {timeout} s to {line[:30]!r}") from None
             except ConnectionError as exc:
                 raise AgiProtocolError(f"connection lost: {exc!r}") from exc
             self._broken = False
