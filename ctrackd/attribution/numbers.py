@@ -8,11 +8,18 @@ policy for what is not a number at all.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
 import phonenumbers
 
 #: what Asterisk and carriers put where there is no number
 WITHHELD = frozenset({"", "unknown", "<unknown>", "anonymous", "restricted", "private",
                       "unavailable", "withheld"})
+
+
+# Already E.164 ("+" and 8 to 15 digits): nothing to decide, no parse needed.
+_E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 
 
 def normalise_number(raw: str | None, region: str) -> str | None:
@@ -21,9 +28,20 @@ def normalise_number(raw: str | None, region: str) -> str | None:
     A short internal extension (`100`) or a service number that phonenumbers
     cannot place is kept as its digits rather than dropped: the call still
     happened and the admin can still search for it.
+
+    This runs on the AGI path for every call (DID and caller): an E.164 input
+    returns at once, and other spellings are cached (phonenumbers' validity
+    check costs ~150 µs; the profile of the track route showed it on top).
     """
     if raw is None:
         return None
+    if _E164.match(raw):
+        return raw
+    return _normalise(raw, region)
+
+
+@lru_cache(maxsize=65536)
+def _normalise(raw: str, region: str) -> str | None:
     text = raw.strip()
     if text.lower() in WITHHELD:
         return None
