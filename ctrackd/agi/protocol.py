@@ -32,7 +32,7 @@ class AgiProtocolError(Exception):
     """The peer broke the FastAGI protocol: EOF, timeout, oversize, garbage."""
 
 
-_ENV_LINE = re.compile(r"(agi_[A-Za-z0-9_]+):(?: (.*))?")
+_ENV_NAME = re.compile(r"agi_[A-Za-z0-9_]+")
 _STATUS = re.compile(r"(\d{3})([ -])(.*)")
 _RESULT = re.compile(r"result=(\S*)(?: (.*))?")
 _ENDPOS = re.compile(r"(.*?) ?endpos=(-?\d+)")
@@ -57,30 +57,68 @@ async def read_environment(reader: asyncio.StreamReader, *, timeout: float,
 
     The one deadline covers the whole environment, so a peer that trickles a
     byte at a time costs at most `timeout`; `max_bytes` bounds its memory.
+
+    Asterisk ends lines with `\n` alone: then the rest of the environment is
+    taken in one `readuntil` and split in one pass (the track route's profile
+    showed 26 awaited readline() calls per call near the top). A peer that
+    uses `\r\n` is read line by line.
     """
-    env: dict[str, str] = {}
-    total = 0
     try:
         async with asyncio.timeout(timeout):
-            while True:
-                line = await _read_line(reader)
-                total += len(line) + 1
-                if total > max_bytes:
-                    raise AgiProtocolError(f"environment larger than {max_bytes} bytes")
-                if not line:
-                    return env
-                name, value = _parse_env_line(line)
-                env[name] = value
+            first = await _read_line_raw(reader)
+            if first.endswith(b"\r\n") or first == b"\n":
+                return await _read_env_lines(reader, first, max_bytes)
+            try:
+                rest = await reader.readuntil(b"\n\n")
+            except asyncio.IncompleteReadError as exc:
+                raise AgiProtocolError("connection closed mid-dialogue") from exc
+            except asyncio.LimitOverrunError as exc:
+                raise AgiProtocolError(f"environment larger than {max_bytes} bytes") from exc
+            block = first + rest
+            if len(block) > max_bytes:
+                raise AgiProtocolError(f"environment larger than {max_bytes} bytes")
+            return _parse_env_block(block[:-2].split(b"\n"))
     except TimeoutError:
         raise AgiProtocolError(f"environment not complete within {timeout:g} s") from None
 
 
+async def _read_line_raw(reader: asyncio.StreamReader) -> bytes:
+    try:
+        raw = await reader.readline()
+    except ValueError as exc:
+        raise AgiProtocolError("line too long") from exc
+    if not raw.endswith(b"\n"):
+        raise AgiProtocolError("connection closed mid-dialogue")
+    return raw
+
+
+async def _read_env_lines(reader: asyncio.StreamReader, first: bytes,
+                          max_bytes: int) -> dict[str, str]:
+    """The slow path, one line at a time (`\r\n` peers)."""
+    lines, total = [first.rstrip(b"\r\n")], len(first)
+    while lines[-1]:
+        line = await _read_line(reader)
+        total += len(line) + 1
+        if total > max_bytes:
+            raise AgiProtocolError(f"environment larger than {max_bytes} bytes")
+        lines.append(line)
+    return _parse_env_block(lines[:-1])
+
+
+def _parse_env_block(lines: list[bytes]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in lines:
+        name, value = _parse_env_line(line)
+        env[name] = value
+    return env
+
+
 def _parse_env_line(line: bytes) -> tuple[str, str]:
     text = line.decode("utf-8", errors="replace")
-    match = _ENV_LINE.fullmatch(text)
-    if match is None:
+    name, colon, value = text.partition(":")
+    if not colon or not _ENV_NAME.fullmatch(name):
         raise AgiProtocolError(f"not an environment line: {text[:40]!r}")
-    return match.group(1), match.group(2) or ""
+    return name, value[1:] if value.startswith(" ") else value
 
 
 @dataclass(frozen=True)
