@@ -1,0 +1,284 @@
+"""Fidelity of the Asterisk simulator against the real Asterisk 22 captures.
+
+The daemon's end-to-end tests trust tests/simulator/ to behave like Asterisk,
+so this file checks the simulator itself: the C ports against cases worked out
+from the C source, the AGI client against a tiny FastAGI server, and each
+scenario's AMI event sequence, header shapes and CDR rows against the capture
+of the same scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import base64
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.simulator.agi_client import run_fastagi, run_stdin_agi
+from tests.simulator.ami_server import FakeAmi, read_capture
+from tests.simulator.asterisk_args import (
+    ChannelVars, cdr_billsec, cdr_duration, exec_app_data, mset_assignments, parse_args, separate_args,
+    set_assignment, tvdiff_ms)
+from tests.simulator.pbx import SimulatedAsterisk
+from tests.simulator.phones import Caller, Phone, QueueMember
+
+NOISE = {"VarSet", "Newexten", "DeviceStateChange", "AGIExecStart", "AGIExecEnd", "SuccessfulAuth",
+         "FullyBooted", "PeerStatus"}
+SETUP = {"DialBegin", "DialState", "DialEnd", "BridgeEnter", "AgentConnect"}
+
+
+# --- asterisk_args: cases worked out by hand from the C source ------------------------
+
+@pytest.mark.parametrize("line, argv", [
+    ('SET VARIABLE FORWARD_TO "IAX2/phones/100"', ["SET", "VARIABLE", "FORWARD_TO", "IAX2/phones/100"]),
+    ('EXEC MSet "A=1,B=2"', ["EXEC", "MSet", "A=1,B=2"]),
+    ("EXEC MSet A=1 B=2", ["EXEC", "MSet", "A=1", "B=2"]),              # unquoted: split on space
+    (r'SET VARIABLE X "a \"q\" \\ b"', ["SET", "VARIABLE", "X", 'a "q" \\ b']),
+    (r"SET VARIABLE X a\b", ["SET", "VARIABLE", "X", "ab"]),              # \ before any char: dropped
+    (r"SET VARIABLE X a\ b", ["SET", "VARIABLE", "X", "a b"]),            # escaped space joins
+    ('SET VARIABLE X ab"c d"e', ["SET", "VARIABLE", "X", "abc de"]),     # quote mid-word: no split
+    ('SET VARIABLE X ""', ["SET", "VARIABLE", "X", ""]),                 # empty argument
+    ("GET  VARIABLE\tX ", ["GET", "VARIABLE", "X"]),
+    ('SET VARIABLE X "Яндекс.Директ"', ["SET", "VARIABLE", "X", "Яндекс.Директ"]),
+    ("NOOP \\", ["NOOP"]),                                              # trailing backslash vanishes
+])
+def test_parse_args_port(line: str, argv: list[str]) -> None:
+    assert parse_args(line) == argv
+
+
+def test_parse_args_truncates_at_max_args() -> None:
+    assert len(parse_args(" ".join(f"w{i}" for i in range(200)))) == 127
+
+
+def test_exec_passes_argv2_only() -> None:
+    assert exec_app_data(parse_args("EXEC MSet A=1 B=2")) == ("MSet", "A=1")
+    assert exec_app_data(parse_args("EXEC NoOp")) == ("NoOp", "")
+
+
+@pytest.mark.parametrize("data, pairs", [
+    ("CTRACK_FORWARD=PJSIP/101&PJSIP/102,CTRACK_RING_TIMEOUT=20",
+     [("CTRACK_FORWARD", "PJSIP/101&PJSIP/102"), ("CTRACK_RING_TIMEOUT", "20")]),
+    (r"L=a\,b,X=1", [("L", "a,b"), ("X", "1")]),
+    ("L=Sale (50%,X=1", [("L", "Sale (50%,X=1")]),                     # open paren swallows the comma
+    ("L=(a,b),X=1", [("L", "(a,b)"), ("X", "1")]),
+    ("L=[a,b],X=1", [("L", "[a,b]"), ("X", "1")]),
+    ("URL=a=b=c", [("URL", "a=b=c")]),                                  # '=' in the value
+    ('L="a,b",X=1', [("L", "a,b"), ("X", "1")]),                        # quotes protect and vanish
+    ('L=say "hi"', [("L", "say hi")]),
+    (r"L=x\\y", [("L", "x\\y")]),
+    (r"A\=B=c", [("A", "B=c")]),                                        # the comma pass eats the escape
+    ("A=1,,NOEQUALS,", [("A", "1")]),
+    ("__CTRACK_CHANNEL=Яндекс.Директ", [("__CTRACK_CHANNEL", "Яндекс.Директ")]),
+])
+def test_mset_port(data: str, pairs: list[tuple[str, str]]) -> None:
+    assert mset_assignments(data) == pairs
+
+
+def test_mset_99th_slot_is_raw_rest() -> None:
+    data = ",".join(f"V{i}=\\(x{i}" for i in range(100))
+    pairs = mset_assignments(data)
+    assert len(pairs) == 99 and pairs[0] == ("V0", "(x0")
+    assert pairs[-1] == ("V98", "\\(x98,V99=\\(x99")                     # not split, not un-escaped
+
+
+def test_value_slot_of_equals_split_is_raw() -> None:
+    assert separate_args('N"a"=v"q"\\x', "=", True, 2) == ["Na", 'v"q"\\x']
+
+
+def test_set_keeps_everything_after_first_equals() -> None:
+    assert set_assignment("CDR(userfield)=ctrack;did=7495") == ("CDR(userfield)", "ctrack;did=7495")
+    assert set_assignment('X="a\\b"') == ("X", '"a\\b"')
+    assert set_assignment("NOEQUALS") is None
+
+
+def test_channel_vars_inheritance_and_prefix() -> None:
+    v = ChannelVars()
+    assert v.set("__CTRACK_CALL_ID", "1.1") == ("__CTRACK_CALL_ID", "1.1")
+    v.set("_ONCE", "o")
+    v.set("PLAIN", "p")
+    v.set("__CTRACK_CHANNEL", "ads")
+    assert v.set("CTRACK_CALL_ID", "1.2") == ("CTRACK_CALL_ID", "1.2")   # same variable by tail
+    assert v.get("CTRACK_CALL_ID") == "1.2" and v.get("ctrack_call_id") is None
+    assert v.inherited() == [("__CTRACK_CHANNEL", "ads"), ("ONCE", "o")]  # CALL_ID lost its __
+    assert v.set("PLAIN", None) == ("PLAIN", "") and v.set("PLAIN", None) is None
+
+
+def test_cdr_arithmetic() -> None:
+    assert tvdiff_ms(15.1, 10.9) == 4200
+    assert cdr_duration(1795332111.565371, 1795332116.600270) == 5          # capture 01
+    assert cdr_billsec(1795332112.575414, 1795332116.600270) == 4
+    assert cdr_billsec(None, 10.0) == 0
+    assert cdr_duration(10.0, 10.999) == 0                                 # truncated, not rounded
+
+
+# --- a tiny FastAGI server ----------------------------------------------------------------
+
+class TinyAgi:
+    """Answers `track` with one EXEC MSet per DID (or a scripted list of lines)."""
+
+    def __init__(self, routes: dict[str, str | list[str]]) -> None:
+        self.routes, self.envs, self.replies = routes, [], []
+        self.sessions = 0
+
+    async def settled(self, sessions: int = 1) -> None:
+        """Wait until `sessions` dialogues have read Asterisk's final bytes."""
+        while self.sessions < sessions:
+            await asyncio.sleep(0.005)
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        env = {}
+        while (line := await reader.readline()) not in (b"\n", b""):
+            key, _, value = line.decode().rstrip("\n").partition(": ")
+            env[key] = value
+        self.envs.append(env)
+        route = self.routes.get(env.get("agi_extension", ""), [])
+        for line in [f'EXEC MSet "{route}"'] if isinstance(route, str) else route:
+            if isinstance(line, float):
+                await asyncio.sleep(line)
+                continue
+            writer.write(f"{line}\n".encode())
+            await writer.drain()
+            self.replies.append(await _reply(reader))
+        writer.write_eof()
+        self.replies.append(await reader.read())                            # Asterisk's final HANGUP
+        writer.close()
+        self.sessions += 1
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    data = await reader.readline()
+    while data.startswith(b"520-") and not data.endswith(b"520 End of proper usage.\n"):
+        data += await reader.readline()
+    if data == b"HANGUP\n":                                                  # inline, then the reply
+        data += await reader.readline()
+    return data
+
+
+def mset(forward: str, timeout: int = 20, channel: str = "google-ads") -> str:
+    return (f"__CTRACK_CHANNEL={channel},CTRACK_FORWARD={forward},CTRACK_RING_TIMEOUT={timeout},"
+            "CTRACK_RECORDING=ctrackd-x.wav,CTRACK_TRACKING=static")
+
+
+@pytest.fixture
+async def ami() -> FakeAmi:
+    server = FakeAmi()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+# --- the AGI client -------------------------------------------------------------------------
+
+async def test_agi_dialogue_reports_variables(ami: FakeAmi) -> None:
+    agi = TinyAgi({"74950000001": [
+        r'EXEC MSet "__CTRACK_CHANNEL=Яндекс.Директ,CTRACK_LABEL=a\\,b"',
+        "GET VARIABLE CTRACK_CHANNEL", "GET VARIABLE NOPE", "SET VARIABLE X", "FOO BAR", "NOOP",
+        "EXEC NoSuchApp x"]})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami)
+    chan = sim.new_trunk("74950000001", Caller("+79161234567"), [])
+    result = await run_fastagi(sim.globals["CTRACKD_AGI"] + "/track", chan, ["a", "b"], usage_delay=0)
+    assert result.status == "SUCCESS"
+    await agi.settled()
+    assert result.variables == {} and chan.vars.as_dict() == {"CTRACK_LABEL": "a,b",
+                                                               "CTRACK_CHANNEL": "Яндекс.Директ"}
+    assert agi.replies == [b"200 result=0\n", "200 result=1 (Яндекс.Директ)\n".encode(), b"200 result=0\n",
+                           b"520-Invalid command syntax.  Proper usage follows:\n"
+                           b"Sets a variable to the current channel.\n520 End of proper usage.\n",
+                           b"510 Invalid or unknown command\n", b"200 result=0\n", b"200 result=-2\n",
+                           b"HANGUP\n"]
+    env = agi.envs[0]
+    assert (env["agi_network"], env["agi_network_script"], env["agi_arg_2"]) == ("yes", "track", "b")
+
+
+async def test_agi_environment_order_matches_capture_a(captures: Path) -> None:
+    chunks = [json.loads(x) for x in (captures / "agi/A-track-request-3-set-variable-1-exec.jsonl")
+              .read_text().splitlines()]
+    text = b"".join(base64.b64decode(c["b64"]) for c in chunks if c["dir"] == "in").decode()
+    expected = [line.split(":")[0] for line in text.split("\n\n")[0].splitlines()]
+    agi = TinyAgi({})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()))
+    chan = sim.new_trunk("74950000001", Caller("+79161234567"), [])
+    await run_fastagi(sim.globals["CTRACKD_AGI"] + "/track", chan, ["74950000001", "+79161234567"])
+    assert list(agi.envs[0]) == expected
+    assert agi.envs[0]["agi_calleridname"] == "unknown" and agi.envs[0]["agi_dnid"] == "unknown"
+
+
+async def test_agi_failure_when_nothing_listens() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    sim = SimulatedAsterisk(("127.0.0.1", port))
+    chan = sim.new_trunk("1", Caller("2"), [])
+    assert (await run_fastagi(f"agi://127.0.0.1:{port}/track", chan)).status == "FAILURE"
+
+
+async def test_agi_failure_line_and_hangup_mid_dialogue() -> None:
+    agi = TinyAgi({"1": ["failure"], "2": ['VERBOSE "x" 1', 0.3, 'STREAM FILE beep ""', "ANSWER",
+                                          "GET VARIABLE CTRACK_CALL_ID"]})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()))
+    url = sim.globals["CTRACKD_AGI"] + "/track"
+    assert (await run_fastagi(url, sim.new_trunk("1", Caller("9"), []))).status == "FAILURE"
+    chan = sim.new_trunk("2", Caller("9"), [])
+    chan.vars.set("CTRACK_CALL_ID", "42.1")
+    asyncio.get_running_loop().call_later(0.1, chan.hungup.set)
+    result = await run_fastagi(url, chan)
+    await agi.settled(2)
+    assert result.status == "HANGUP"                                        # agi/C
+    assert agi.replies[-4:] == [b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n",
+                                b"511 Command Not Permitted on a dead channel or intercept routine\n",
+                                b"200 result=1 (42.1)\n", b"HANGUP\n"]
+
+
+STDIN_AGI = r'''
+import sys
+env = {}
+for line in sys.stdin:
+    if line == "\n":
+        break
+    k, _, v = line.rstrip("\n").partition(": ")
+    env[k] = v
+def cmd(text):
+    sys.stdout.write(text + "\n"); sys.stdout.flush()
+    return sys.stdin.readline()
+if env.get("agi_arg_1") == "hangup":
+    r = cmd("GET VARIABLE DIALSTATUS")
+    open(env["agi_arg_2"] + ".hangup", "w").write(r + cmd("STREAM FILE beep \"\""))
+else:
+    cmd('EXEC MSet "__CTRACK_CHANNEL=fallback-ch,CTRACK_FORWARD=IAX2/phones/100,CTRACK_TRACKING=fallback"')
+sys.exit(int(env.get("agi_arg_3", "0")))
+'''
+
+
+async def test_stdin_agi_runner(tmp_path: Path) -> None:
+    script = tmp_path / "agi.py"
+    script.write_text(STDIN_AGI)
+    sim = SimulatedAsterisk()
+    chan = sim.new_trunk("1", Caller("9"), [])
+    ok = await run_stdin_agi([sys.executable, str(script)], chan, str(script), ["track", "cfg"])
+    assert ok.status == "SUCCESS" and ok.returncode == 0 and chan.get_var("CTRACK_TRACKING") == "fallback"
+    bad = await run_stdin_agi([sys.executable, str(script)], chan, str(script), ["track", "cfg", "3"])
+    assert bad.status == "FAILURE" and bad.returncode == 3
+    assert (await run_stdin_agi([str(tmp_path / "missing")], chan, "x")).status == "NOTFOUND"
+
+
+async def test_fallback_path_and_hangup_handler(tmp_path: Path, ami: FakeAmi) -> None:
+    script = tmp_path / "agi.py"
+    script.write_text(STDIN_AGI)
+    sim = SimulatedAsterisk(("127.0.0.1", 1), ami, fallback_agi_cmd=[sys.executable, str(script)],
+                            globals={"CTRACKD_CONFIG": str(tmp_path / "cfg")},
+                            default_phone=Phone(answer_after=0.05, talk=0.05))
+    call = await sim.call("74950000008", Caller("+79161234567"))
+    assert (call.agi_status, call.fallback_status, call.hangup_handler_status) == ("FAILURE", "SUCCESS", "SUCCESS")
+    assert call.variables["CTRACK_TRACKING"] == "fallback" and call.dial_status == "ANSWER"
+    assert (tmp_path / "cfg.hangup").read_text() == ("200 result=1 (ANSWER)\n"
+                                                     "511 Command Not Permitted on a dead channel or intercept routine\n")
+    assert call.recording is None and "MixMonitorStart" not in call.event_names()
