@@ -282,3 +282,148 @@ async def test_fallback_path_and_hangup_handler(tmp_path: Path, ami: FakeAmi) ->
     assert (tmp_path / "cfg.hangup").read_text() == ("200 result=1 (ANSWER)\n"
                                                      "511 Command Not Permitted on a dead channel or intercept routine\n")
     assert call.recording is None and "MixMonitorStart" not in call.event_names()
+
+
+# --- scenarios against the captures -----------------------------------------------------------
+
+CALLER = "+79161234567"
+NEVER = Phone(never_answers=True)
+QUICK = Phone(answer_after=0.2, talk=0.3)
+SCENARIOS = {   # capture number: (DID, AGI route, phones, caller, queues)
+    "01": ("74950000001", mset("IAX2/phones/100"), {"IAX2/phones/100": QUICK}, Caller(CALLER), None),
+    "03": ("74950000003", mset("IAX2/phones/486"), {"IAX2/phones/486": Phone(busy=True)}, Caller(CALLER), None),
+    "04": ("74950000004", mset("IAX2/phones/480", timeout=1), {"IAX2/phones/480": NEVER}, Caller(CALLER), None),
+    "05": ("74950000005", mset("IAX2/phones/480"), {"IAX2/phones/480": NEVER},
+           Caller(CALLER, hangup_after=0.3), None),
+    "07": ("74950000007", mset("IAX2/phones-offline/100"), {"IAX2/phones-offline/100": Phone(unavailable=True)},
+           Caller(CALLER), None),
+    "09": ("74950000009", mset("IAX2/phones/100&IAX2/phones/101"),
+           {"IAX2/phones/100": NEVER, "IAX2/phones/101": QUICK}, Caller(CALLER), None),
+    "10": ("74950000010", mset("Queue(sales)"), {"IAX2/phones/100": QUICK, "IAX2/phones/101": NEVER},
+           Caller(CALLER), {"sales": [QueueMember("IAX2/phones/101", "Office 101"),
+                                      QueueMember("IAX2/phones/100", "Office 100")]}),
+    "19": ("74950000092", ['VERBOSE "ctrack: looking up route" 1', 0.4, 'STREAM FILE beep ""', "ANSWER",
+                           "GET VARIABLE CTRACK_CALL_ID", 'SET VARIABLE FORWARD_TO "IAX2/phones/100"'],
+           {}, Caller(CALLER, hangup_after=0.2), None),
+}
+
+
+def call_events(messages: list) -> list:
+    return [m for m in messages if dict(m).get("Event") and dict(m)["Event"] not in NOISE]
+
+
+def names(messages: list) -> list[str]:
+    return [dict(m)["Event"] for m in messages]
+
+
+def capture(captures: Path, number: str) -> tuple[list, list[list[str]]]:
+    events = call_events(read_capture(next((captures / "ami").glob(f"{number}-*.txt")), skip_login=True))
+    path = next(p for p in (captures / "cdr").glob(f"{number}-*.csv") if not p.name.endswith(".custom.csv"))
+    rows = list(csv.reader(path.open()))
+    return events, rows
+
+
+async def run_scenario(number: str, ami: FakeAmi):
+    did, route, phones, caller, queues = SCENARIOS[number]
+    agi = TinyAgi({did: route})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, phones=phones, queues=queues)
+    call = await sim.call(did, caller)
+    await sim.close()
+    return call
+
+
+@pytest.mark.parametrize("number", sorted(SCENARIOS))
+async def test_scenario_matches_capture(number: str, captures: Path, ami: FakeAmi) -> None:
+    call = await run_scenario(number, ami)
+    expected, rows = capture(captures, number)
+    got = call_events(call.events)
+    # Cdr events race the Hangup events in Asterisk (README "Caveats"): compare the
+    # rest exactly, the Cdr count, and that every Cdr comes after the call was set up.
+    assert [n for n in names(got) if n != "Cdr"] == [n for n in names(expected) if n != "Cdr"]
+    assert names(got).count("Cdr") == names(expected).count("Cdr") == len(rows)
+    for events in (got, expected):
+        setup = [i for i, n in enumerate(names(events)) if n in SETUP]
+        assert all(i > max(setup, default=-1) for i, n in enumerate(names(events)) if n == "Cdr")
+    shapes: dict[str, set] = {}
+    for message in expected:
+        shapes.setdefault(dict(message)["Event"], set()).add(tuple(k for k, _ in message))
+    for message in got:
+        assert tuple(k for k, _ in message) in shapes[dict(message)["Event"]], dict(message)["Event"]
+    # CDR rows: same applications, dispositions, party B presence and Sequence spacing.
+    assert [(c["LastApplication"], c["Disposition"], c["DestinationChannel"] == "") for c in call.cdrs] == \
+           [(r[7], r[14], r[6] == "") for r in rows]
+    assert [int(c["Sequence"]) - int(call.cdrs[0]["Sequence"]) for c in call.cdrs] == \
+           [int(r[20]) - int(rows[0][20]) for r in rows]
+    for c in call.cdrs:
+        assert (c["UniqueID"], c["LinkedID"], c["Source"]) == (call.call_id, call.call_id, CALLER)
+
+
+@pytest.mark.parametrize("number", sorted(SCENARIOS))
+async def test_scenario_cdr_follows_asterisk_rules(number: str, ami: FakeAmi) -> None:
+    call = await run_scenario(number, ami)
+    for row, fields in zip(call.cdr_rows, call.cdrs):
+        assert row.end is not None and row.start <= row.end
+        assert int(fields["Duration"]) == cdr_duration(row.start, row.end) == int((row.end - row.start) + 1e-6)
+        assert int(fields["BillableSeconds"]) == cdr_billsec(row.answer, row.end)
+        assert (row.answer is not None) == (fields["Disposition"] == "ANSWERED") == bool(fields["AnswerTime"])
+    dialled = [r for r in call.cdr_rows if r.lastapp in ("Dial", "Queue") and r.dstchannel]
+    assert len({r.start for r in dialled}) <= 1                     # forked rows share the start (09, 10)
+    answered = [r for r in call.cdr_rows if r.answer is not None]
+    for loser in (r for r in dialled if r.answer is None and answered):
+        assert loser.end <= answered[0].end                         # cancelled when the other answered
+    if number == "04":
+        assert [r.duration for r in call.cdr_rows] == [1, 0]        # RING_TIMEOUT=1, then Hangup()
+        assert call.cdr_rows[1].start >= call.cdr_rows[0].end
+    if number == "19":
+        assert call.agi_status == "HANGUP" and call.cdrs[0]["LastData"].endswith("/track")
+        assert MSG_511 in [chunk for _, _, chunk in call.agi[0].transcript]
+
+
+MSG_511 = b"511 Command Not Permitted on a dead channel or intercept routine\n"
+
+
+async def test_caller_hangs_up_while_bridged_matches_capture_02(captures: Path, ami: FakeAmi) -> None:
+    agi = TinyAgi({"74950000002": mset("IAX2/phones/100")})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami,
+                            phones={"IAX2/phones/100": Phone(answer_after=0.1, talk=None)})
+    call = await sim.call("74950000002", Caller(CALLER, hold_after_answer=0.2))
+    expected, _ = capture(captures, "02")
+    assert [n for n in names(call_events(call.events)) if n != "Cdr"] == \
+           [n for n in names(expected) if n != "Cdr"]
+    assert call.cdr["Disposition"] == "ANSWERED" and call.hangup_cause == 16
+
+
+async def test_hundreds_of_concurrent_calls(ami: FakeAmi) -> None:
+    dids = [f"749500{i:05d}" for i in range(200)]
+    agi = TinyAgi({did: mset(f"PJSIP/{i}") for i, did in enumerate(dids)})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, trunk="PJSIP/trunk",
+                            default_phone=Phone(answer_after=0.05, talk=0.05))
+    calls = await asyncio.gather(*(sim.call(did, Caller(f"+7916{i:07d}")) for i, did in enumerate(dids)))
+    await sim.close()
+    uniqueids = [dict(e)["Uniqueid"] for e in sim.events if dict(e)["Event"] == "Newchannel"]
+    assert len(uniqueids) == len(set(uniqueids)) == 400
+    for i, call in enumerate(calls):
+        assert call.answered_by == f"PJSIP/{i}" and call.cdr["Disposition"] == "ANSWERED"
+        assert {v for e in call.events for k, v in e if k == "Linkedid"} == {call.call_id}
+        assert call.variables["CTRACK_CALL_ID"] == call.call_id
+    assert sim.live_channels() == []
+
+
+async def test_live_channels_shape_capture_16_and_restart_17(captures: Path, ami: FakeAmi) -> None:
+    agi = TinyAgi({"74950000016": mset("IAX2/phones/100", channel="Яндекс.Директ")})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami,
+                            phones={"IAX2/phones/100": Phone(answer_after=0.05, talk=None)})
+    task = asyncio.create_task(sim.call("74950000016", Caller(CALLER)))
+    while len(sim.live_channels()) < 2 or not all(dict(c)["BridgeId"] for c in sim.live_channels()):
+        await asyncio.sleep(0.01)
+    shape = [m for m in read_capture(next((captures / "ami").glob("16-*.txt")))
+             if dict(m).get("Event") == "CoreShowChannel"][0]
+    expected = [k for k, _ in shape if k != "ActionID"]
+    for channel in sim.live_channels():
+        assert [k for k, _ in channel] == expected
+        assert ("ChanVariable", "CTRACK_CHANNEL=Яндекс.Директ") in channel
+    await sim.restart(shutdown_after=0.01, down_for=0.05)
+    call = await task
+    assert [dict(e).get("Cause") for e in call.events if dict(e)["Event"] == "SoftHangupRequest"][:2] == ["4", "4"]
+    assert names(sim.events)[-1] == "Shutdown" and sim.live_channels() == []
+    assert sim.new_uniqueid().endswith(".0")
