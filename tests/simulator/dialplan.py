@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from tests.simulator import amievents as ev
 from tests.simulator.agi_client import AgiResult, run_fastagi, run_stdin_agi
-from tests.simulator.asterisk_args import (cause_disposition, cdr_billsec, cdr_duration,
+from tests.simulator.asterisk_args import (MAX_ARGS, cause_disposition, cdr_billsec, cdr_duration,
                                           dial_status_to_disposition, standard_app_args)
 from tests.simulator.phones import Caller, Leg, Ringer
 
@@ -205,7 +205,8 @@ class InboundCall:
         self._set("CTRACK_FALLBACK_AGI_PATH", script, 10)
         self._set("CTRACK_CONFIG_PATH", config, 12)
         t.run_app("AGI", f"{url}/track", P_AGI)
-        result = await run_fastagi(f"{url}/track", t, usage_delay=self.sim.usage_delay)
+        agi_args = standard_app_args(f"{url}/track", MAX_ARGS)   # res_agi.c agi_exec_full()
+        result = await run_fastagi(agi_args[0], t, agi_args[1:], usage_delay=self.sim.usage_delay)
         self.agi_status = self._agi_done(result)
         if result.status == "HANGUP":
             return await self.finish(16)
@@ -227,7 +228,7 @@ class InboundCall:
         t.set_var("CHANNEL(hangup_handler_push)", "ctrackd-hangup,s,1")
         self._set("CTRACK_FORWARD", "", 36)
         t.run_app("AGI", f"{script},track,{config}", P_FALLBACK_AGI)
-        result = await self._stdin_agi(script, ["track", config], dead=False)
+        result = await self._stdin_agi(f"{script},track,{config}", dead=False)
         self.fallback_status = self._agi_done(result)
         if result.status == "HANGUP":
             return False
@@ -235,10 +236,13 @@ class InboundCall:
             self._set("CTRACK_FORWARD", self.sim.globals.get("CTRACKD_FALLBACK", ""), 41)
         return True
 
-    async def _stdin_agi(self, script: str, args: list[str], dead: bool) -> AgiResult:
+    async def _stdin_agi(self, data: str, dead: bool) -> AgiResult:
+        """AGI(script,args...): the data split like agi_exec_full(); the script is run
+        as `fallback_agi_cmd` (missing: "File does not exist", NOTFOUND)."""
+        args = standard_app_args(data, MAX_ARGS)
         if self.sim.fallback_agi_cmd is None:
-            return AgiResult(status="NOTFOUND")         # "File does not exist"
-        return await run_stdin_agi(self.sim.fallback_agi_cmd, self.trunk, script, args, dead=dead)
+            return AgiResult(status="NOTFOUND")
+        return await run_stdin_agi(self.sim.fallback_agi_cmd, self.trunk, args[0], args[1:], dead=dead)
 
     async def _tracked(self) -> None:
         """Steps 4-6: MixMonitor, CALLERID(name), Dial or Queue, Busy/Congestion/Hangup."""
@@ -371,7 +375,7 @@ class InboundCall:
                 continue
             script = t.get_var("CTRACK_FALLBACK_AGI_PATH") or ""
             config = t.get_var("CTRACK_CONFIG_PATH") or ""
-            t.run_app("AGI", ",".join([script, "hangup", config]))
-            result = await self._stdin_agi(script, standard_app_args(f"hangup,{config}", 3), dead=True)
+            t.run_app("AGI", f"{script},hangup,{config}")
+            result = await self._stdin_agi(f"{script},hangup,{config}", dead=True)
             self.handler_status = result.status
             self.agi.append(result)

@@ -130,6 +130,9 @@ class Channel:
                 {"billsec": "BillableSeconds", "duration": "Duration", "disposition": "Disposition",
                  "userfield": "UserField", "dstchannel": "DestinationChannel", "start": "StartTime",
                  "answer": "AnswerTime", "end": "EndTime"}.get(arg.lower(), ""))
+        if func == "CHANNEL":
+            return {"name": self.name, "uniqueid": self.uniqueid, "linkedid": self.linkedid,
+                    "state": ev.STATE_DESC.get(self.state, "Unknown")}.get(arg.lower())
         if func == "LEN":
             return str(len(arg))
         return None
@@ -150,12 +153,11 @@ class Channel:
         out, i = [], 0
         while i < len(text):
             if text.startswith("${", i):
-                depth, j = 1, i + 2
+                depth, j = 1, i + 2          # pbx_variables.c counts every '{' and '}'
                 while j < len(text) and depth:
-                    depth += {"{": 1, "}": -1}.get(text[j], 0) if text[j - 1] == "$" or text[j] == "}" else 0
+                    depth += {"{": 1, "}": -1}.get(text[j], 0)
                     j += 1
-                inner = self.substitute(text[i + 2:j - 1])
-                out.append(self._expand(inner))
+                out.append(self._expand(self.substitute(text[i + 2:j - 1])))
                 i = j
             else:
                 out.append(text[i])

@@ -228,6 +228,7 @@ class Ringer:
             legs.append(self._leg(ep, spec, queue=False))
         if not legs:
             t.cdr.dial_done(False)
+            t.hangup_cause = 20                          # 07: HANGUPCAUSE=20 (subscriber absent)
             t.set_var("HANGUPCAUSE", "20")
             return self._status("CHANUNAVAIL")
         for leg in legs:
