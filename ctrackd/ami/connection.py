@@ -1,21 +1,18 @@
 """AmiConnection: the AMI link the daemon keeps for as long as it runs.
 
-Asterisk restarts, networks drop and peers go silent; the call tracker must
-still see every event in order and know when it may have missed some. So:
+Asterisk restarts, networks drop, peers go silent; the call tracker must
+still see every event in order and know where it may have missed some. So
+every event goes, unchanged, onto one queue owned by the consumer, with
+link markers (`AmiLinkEvent`) in the SAME queue exactly where the link went
+up or down (after "connected" the consumer resyncs with CoreShowChannels).
+We reconnect forever (capped exponential backoff, jitter), log an outage
+loudly once then rarely, drop a link on which nothing arrived for
+`liveness_timeout` (panoramisk pings but never checks), and put a timeout
+on every action.
 
-- every AMI event goes, unchanged, onto one `asyncio.Queue` owned by the
-  consumer, and link markers (`AmiLinkEvent`) go onto the SAME queue, so the
-  consumer sees "connected"/"disconnected" exactly where they happened
-  between events (after a "connected" it resyncs with CoreShowChannels);
-- we reconnect forever with capped exponential backoff and jitter, and log
-  an outage once loudly, then rarely;
-- a watchdog drops a link on which nothing has arrived for
-  `liveness_timeout` (panoramisk pings but never checks the answers);
-- every action has a timeout and fails fast when the link is down.
-
-Events are panoramisk `Message`s (case-insensitive dicts). A header that
-repeats, such as ``ChanVariable``, is a ``list[str]`` when it came twice or
-more but a plain ``str`` when it came once; we leave it so and the
+Events are panoramisk `Message`s (case-insensitive dicts, plus a `content`
+key). A repeated header such as ``ChanVariable`` is a ``list[str]`` when it
+came twice or more but a plain ``str`` when it came once: left as is, the
 translator normalises it.
 """
 
@@ -29,15 +26,12 @@ from typing import Any, Literal
 
 import structlog
 from panoramisk.actions import Action
-from panoramisk.manager import Manager
 from panoramisk.message import Message
 
 from ctrackd.ami.protocol import AmiProtocol, LinkManager, ListAction
 
-# Repeats of an outage line, once the backoff stopped doubling.
-REPEAT_LOG_EVERY = 60.0
-# A link that lived this long was healthy: the next retry starts from scratch.
-STABLE_LINK = 10.0
+REPEAT_LOG_EVERY = 60.0  # repeat an outage line this often once the backoff is capped
+STABLE_LINK = 10.0       # a link that lived this long was healthy: retry from scratch
 
 
 @dataclass(frozen=True)
@@ -57,19 +51,12 @@ class AmiActionError(Exception):
     """Asterisk answered an action with an error; `response` is its answer."""
 
     def __init__(self, action: str, response: Message) -> None:
-        self.action = action
-        self.response = response
+        self.action, self.response = action, response
         super().__init__(f"AMI action {action} failed: {response.get('Message') or response}")
 
 
 class _LoginRejected(Exception):
-    pass
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, (TimeoutError, AmiNotConnected, _LoginRejected)) and str(exc):
-        return str(exc)  # our own words
-    return f"{type(exc).__name__}: {exc}".removesuffix(": ")  # ConnectionRefusedError: ...
+    """Asterisk refused our Login (wrong user or secret): retried anyway."""
 
 
 class AmiConnection:
@@ -87,26 +74,20 @@ class AmiConnection:
             # events would be lost. Backpressure is not worth that risk here.
             raise ValueError("the AMI event queue must be unbounded (maxsize=0)")
         self.host, self.port, self.username = host, port, username
-        self._secret = secret
-        self._queue = queue
-        self._events_mask = events
-        self._ping_interval = ping_interval
-        self._liveness_timeout = liveness_timeout
+        self._secret, self._queue, self._events_mask = secret, queue, events
+        self._ping_interval, self._liveness_timeout = ping_interval, liveness_timeout
         self._action_timeout = action_timeout
-        self._reconnect_initial = reconnect_initial
-        self._reconnect_max = reconnect_max
+        self._reconnect_initial, self._reconnect_max = reconnect_initial, reconnect_max
         self._log = logger or structlog.get_logger("ctrackd.ami")
         self._manager: LinkManager | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[str] | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._login_id: str | None = None
-        self._connected = False
-        self._stopping = False
-        self._ever_connected = False
+        self._connected = self._stopping = self._ever_connected = False
         self._down_since = time.time()
-        self.reconnects = 0
-        self.events_received = 0
+        self.reconnects = 0        # links that came back after the first
+        self.events_received = 0   # events put on the queue (markers not counted)
 
     @property
     def connected(self) -> bool:
@@ -141,11 +122,10 @@ class AmiConnection:
         The daemon awaits this next to its other tasks: a link task that
         dies must take the daemon down loudly, not leave it half alive.
         """
-        if self._task is None:
-            return
-        await asyncio.wait({self._task})
-        if not self._task.cancelled() and self._task.exception() is not None:
-            raise self._task.exception()  # type: ignore[misc]
+        if self._task is not None:
+            await asyncio.wait({self._task})
+            if not self._task.cancelled() and (exc := self._task.exception()) is not None:
+                raise exc
 
     async def action(
         self, action: dict[str, Any], *, multi: bool = False, timeout: float | None = None,
@@ -184,7 +164,7 @@ class AmiConnection:
 
     # -- callbacks from the protocol (synchronous, inside data_received) --
 
-    def _on_event(self, _manager: Manager, message: Message) -> None:
+    def _on_event(self, _manager: Any, message: Message) -> None:
         # Trivial on purpose: an exception here would reach data_received,
         # and a coroutine would be scheduled out of order by panoramisk.
         self.events_received += 1
@@ -218,7 +198,6 @@ class AmiConnection:
                 future.set_exception(AmiNotConnected(f"AMI link lost: {reason}"))
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        self._connected = False
         if not task.cancelled() and task.exception() is not None:
             self._log.error("ami_task_failed", host=self.host, port=self.port,
                             exc_info=task.exception())
@@ -237,9 +216,9 @@ class AmiConnection:
             except (OSError, TimeoutError, AmiNotConnected, _LoginRejected) as exc:
                 failures += 1
                 delay = base * random.uniform(0.75, 1.0)
-                # Loud once, then only while the backoff still doubles, then
-                # once a minute: an outage must not flood the journal.
-                if failures == 1 or base != logged_base or loop.time() - logged_at >= REPEAT_LOG_EVERY:
+                # Loud once, then while the backoff doubles, then once a minute.
+                quiet_for = loop.time() - logged_at
+                if failures == 1 or base != logged_base or quiet_for >= REPEAT_LOG_EVERY:
                     self._log_failure(exc, failures, delay)
                     logged_base, logged_at = base, loop.time()
             else:
@@ -254,8 +233,10 @@ class AmiConnection:
             base = min(base * 2, self._reconnect_max)
 
     def _log_failure(self, exc: Exception, failures: int, delay: float) -> None:
-        fields: dict[str, Any] = {
-            "host": self.host, "port": self.port, "error": _describe(exc),
+        ours = isinstance(exc, (TimeoutError, AmiNotConnected, _LoginRejected)) and str(exc)
+        fields: dict[str, Any] = {  # error: our words, or "ConnectionRefusedError: ..."
+            "host": self.host, "port": self.port,
+            "error": str(exc) if ours else f"{type(exc).__name__}: {exc}".removesuffix(": "),
             "attempts": failures, "retry_in": round(delay, 2),
             "down_for": round(time.time() - self._down_since, 1)}
         if isinstance(exc, _LoginRejected):  # never the secret, only who we were
@@ -264,8 +245,8 @@ class AmiConnection:
             self._log.warning("ami_unreachable", **fields)
 
     async def _session(self) -> str:
-        """One connection: connect, log in, watch it. Returns why a
-        logged-in link ended; raises when it never got that far."""
+        """Connect, log in, watch. Returns why a logged-in link ended; raises
+        when it never got that far."""
         manager = self._manager
         assert manager is not None
         lost = self._lost = asyncio.get_running_loop().create_future()

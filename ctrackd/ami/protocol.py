@@ -60,7 +60,7 @@ class AmiProtocol(AMIProtocol):
         # Any byte proves the peer alive: the watchdog reads this.
         self.last_received = asyncio.get_running_loop().time()
         self._buffer += self._decoder.decode(data)
-        if self.version is None and self._buffer.startswith(BANNER):
+        if self.version is None and self._buffer.startswith(BANNER) and "\r\n" in self._buffer:
             self.version = self._buffer.partition("\r\n")[0][len(BANNER):]
         *messages, self._buffer = self._buffer.split(EOM)
         for raw in messages:
@@ -78,7 +78,9 @@ class AmiProtocol(AMIProtocol):
                 self._manager.before_message(message)
                 self.handle_message(message)
         except Exception:
-            self._manager.slog.exception("ami_message_failed", raw=raw[:200])
+            # only the first line (Event: X): the rest may hold caller numbers
+            first_line = raw.strip().partition("\r\n")[0][:80]
+            self._manager.slog.exception("ami_message_failed", first_line=first_line)
 
     def connection_lost(self, exc: BaseException | Message | None) -> None:
         # panoramisk calls this itself with the Shutdown event as `exc`.
@@ -134,8 +136,9 @@ class LinkManager(Manager):
             protocol_factory=lambda: AmiProtocol(self),
         )
         # panoramisk re-sends unanswered actions on the next FullyBooted. An
-        # action whose caller already got a timeout must never run later
-        # (think Originate), so that hook goes; so does everything else.
+        # action whose caller was told it failed must never run later (think
+        # Originate): AmiConnection fails every pending future on a loss, which
+        # panoramisk would skip, and this hook and that list go too.
         self.callbacks.clear()
         self.patterns.clear()
         self.register_event("*", on_event)

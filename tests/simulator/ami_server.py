@@ -51,7 +51,8 @@ def read_capture(path: str | Path, *, skip_login: bool = False) -> list[list[tup
     text = Path(path).read_bytes().decode("utf-8")
     messages = []
     for block in text.split("\r\n\r\n"):
-        lines = [line for line in block.split("\r\n") if line and not line.startswith("Asterisk Call Manager/")]
+        lines = [line for line in block.split("\r\n")
+                 if line and not line.startswith("Asterisk Call Manager/")]
         if not lines:
             continue
         headers = [(key, value) for key, _, value in (line.partition(": ") for line in lines)]
@@ -179,11 +180,14 @@ class FakeAmi:
             try:
                 async with client.lock:
                     for start in range(0, len(data), size):
+                        if client.writer.transport.is_closing():
+                            break  # dropped meanwhile
                         client.writer.write(data[start:start + size])
                         await client.writer.drain()
                         if chunk:
-                            # Let the client read this piece alone before
-                            # the next: that is what splits characters.
+                            # Two loop turns, so that a client in this loop
+                            # reads this piece alone (after one, its read is
+                            # queued behind us and would get the next too).
                             await asyncio.sleep(0)
                             await asyncio.sleep(0)
             except ConnectionError:
@@ -221,7 +225,8 @@ class FakeAmi:
             return True
         if handler is None:
             await self._send(client, self._response(message, "Error", Message=(
-                f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands.")))
+                f"Invalid/unknown command: {name}."
+                " Use Action: ListCommands to show available commands.")))
             return True
         return await handler(client, message)
 
@@ -240,15 +245,19 @@ class FakeAmi:
 
     async def _on_login(self, client: _Client, message: dict[str, Any]) -> bool:
         if _get(message, "Username") != self.username or _get(message, "Secret") != self.secret:
-            await self._send(client, self._response(message, "Error", Message="Authentication failed"))
+            await self._send(client, self._response(message, "Error",
+                                                    Message="Authentication failed"))
             return False  # Asterisk hangs up after a failed login
         now = time.time()
-        replies: list[Headers] = [self._response(message, "Success", Message="Authentication accepted")]
+        replies: list[Headers] = [
+            self._response(message, "Success", Message="Authentication accepted")]
         if self.fully_booted:
             uptime = str(int(now - self._booted_at))
-            replies.append([("Event", "FullyBooted"), ("Privilege", "system,all"), ("Uptime", uptime),
-                            ("LastReload", uptime), ("Status", "Fully Booted")])
-        local, peer = client.writer.get_extra_info("sockname"), client.writer.get_extra_info("peername")
+            replies.append([("Event", "FullyBooted"), ("Privilege", "system,all"),
+                            ("Uptime", uptime), ("LastReload", uptime),
+                            ("Status", "Fully Booted")])
+        local = client.writer.get_extra_info("sockname")
+        peer = client.writer.get_extra_info("peername")
         replies.append([
             ("Event", "SuccessfulAuth"), ("Privilege", "security,all"), ("Timestamp", f"{now:.6f}"),
             ("EventTV", _tv(now)), ("Severity", "Informational"), ("Service", "AMI"),
@@ -261,7 +270,8 @@ class FakeAmi:
         return True
 
     async def _on_logoff(self, client: _Client, message: dict[str, Any]) -> bool:
-        await self._send(client, self._response(message, "Goodbye", Message="Thanks for all the fish."))
+        await self._send(client, self._response(message, "Goodbye",
+                                                Message="Thanks for all the fish."))
         return False
 
     async def _on_ping(self, client: _Client, message: dict[str, Any]) -> bool:
