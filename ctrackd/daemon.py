@@ -81,6 +81,7 @@ class Daemon:
         self.agi_address = await self.agi.start()
         self._watch(asyncio.create_task(self.consumer.run(), name="ami-consumer"))
         await self.ami.start()
+        self._watch(asyncio.create_task(self.ami.wait_closed(), name="ami-link"))
         log.info("daemon_started", agi=f"{self.agi_address[0]}:{self.agi_address[1]}",
                  ami=f"{cfg.ami.host}:{cfg.ami.port}", store=str(cfg.store.path),
                  open_calls=len(open_calls), numbers=len(cfg.numbers),
@@ -96,6 +97,7 @@ class Daemon:
         self._stopping.set()
 
     async def stop(self) -> None:
+        self._stopping.set()  # from here on, tasks ending is expected, not fatal
         started = time.monotonic()
         cancelled = await self.agi.stop(self._stop_grace) if self.agi else 0
         if self.ami is not None:
