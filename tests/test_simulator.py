@@ -427,3 +427,34 @@ async def test_live_channels_shape_capture_16_and_restart_17(captures: Path, ami
     assert [dict(e).get("Cause") for e in call.events if dict(e)["Event"] == "SoftHangupRequest"][:2] == ["4", "4"]
     assert names(sim.events)[-1] == "Shutdown" and sim.live_channels() == []
     assert sim.new_uniqueid().endswith(".0")
+
+
+async def test_agi_line_over_2047_bytes_is_cut_into_two_commands() -> None:
+    long_value = "x" * 3000                                   # fgets(buf, AGI_BUF_LEN=2048)
+    agi = TinyAgi({"1": [f'SET VARIABLE LONG "{long_value}"']})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()))
+    chan = sim.new_trunk("1", Caller("9"), [])
+    result = await run_fastagi(sim.globals["CTRACKD_AGI"] + "/track", chan)
+    line = f'SET VARIABLE LONG "{long_value}"\n'
+    assert [len(c) for c in result.commands] == [2047, len(line) - 2047 - 1]   # the tail runs on its own
+    assert chan.get_var("LONG") == "x" * (2047 - len('SET VARIABLE LONG "'))
+    replies = [chunk for _, direction, chunk in result.transcript if direction == "AST->SRV"]
+    assert replies[-3:] == [b"200 result=1\n", b"510 Invalid or unknown command\n", b"HANGUP\n"]
+
+
+async def test_callerid_name_and_dial_variables_reach_phone_and_cdr(ami: FakeAmi) -> None:
+    route = mset("IAX2/phones/100") + r",CTRACK_CALLERID_NAME=\\[Google Ads\\] Иван"
+    agi = TinyAgi({"74950000001": route})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami,
+                            phones={"IAX2/phones/100": Phone(answer_after=0.05, talk=0.05)})
+    call = await sim.call("74950000001", Caller(CALLER, "Иван"))
+    assert agi.envs[0]["agi_calleridname"] == "Иван" and call.variables["CTRACK_ORIG_NAME"] == "Иван"
+    trunk_cid = [e for e in call.events if dict(e)["Event"] == "NewCallerid" and dict(e)["Channel"] == call.channel]
+    assert dict(trunk_cid[0])["CallerIDName"] == "[Google Ads] Иван"
+    begin = dict(next(e for e in call.events if dict(e)["Event"] == "DialBegin"))
+    assert (begin["DestCallerIDNum"], begin["DestConnectedLineName"]) == ("74950000001", "[Google Ads] Иван")
+    assert call.cdr["CallerID"] == f'"[Google Ads] Иван" <{CALLER}>'
+    leg = begin["DestChannel"]
+    assert {k: call.variables[k] for k in ("DIALSTATUS", "DIALEDPEERNAME", "DIALEDPEERNUMBER")} == \
+           {"DIALSTATUS": "ANSWER", "DIALEDPEERNAME": leg, "DIALEDPEERNUMBER": "phones/100"}
+    assert int(call.variables["DIALEDTIME_MS"]) >= int(call.variables["ANSWEREDTIME_MS"]) >= 40

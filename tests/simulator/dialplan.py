@@ -306,7 +306,7 @@ class InboundCall:
             await asyncio.wait_for(t.hungup.wait(), talk)
         except asyncio.TimeoutError:
             pass
-        self._dial_times(answered)
+        self.ringer.bridge_ended(answered)
         if self.shutdown:                               # 17: Cdr before the legs go
             self.cdrs = t.cdr.finalize(16)
             for fields in self.cdrs:
@@ -337,13 +337,6 @@ class InboundCall:
             t.emit(ev.bridge_leave(bridge, 0, t))
             t.emit(ev.bridge_destroy(bridge))
             await self.finish(16)
-
-    def _dial_times(self, answered: float) -> None:
-        """app_dial.c sets these after the bridge; the hang-up handler reads them."""
-        now, t = time.time(), self.trunk
-        t.set_var("ANSWEREDTIME", str(int(now - answered)))
-        t.set_var("ANSWEREDTIME_MS", str(int((now - answered) * 1000)))
-        t.set_var("DIALSTATUS", "ANSWER")
 
     async def finish(self, cause: int, *, legs_first: list[Leg] = (), before_hangup: list = (),
                      cdr: bool = True) -> None:

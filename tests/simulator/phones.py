@@ -135,6 +135,12 @@ class Outcome:
     winner: Leg | None = None
 
 
+#: app_dial.c / app_queue.c clear these on the calling channel before ringing.
+DIAL_VARS = ("DIALSTATUS", "DIALEDPEERNUMBER", "DIALEDPEERNAME", "ANSWEREDTIME", "ANSWEREDTIME_MS",
+             "DIALEDTIME", "DIALEDTIME_MS", "RINGTIME", "RINGTIME_MS", "PROGRESSTIME", "PROGRESSTIME_MS")
+QUEUE_VARS = ("ANSWEREDTIME", "ANSWEREDTIME_MS", "DIALEDTIME", "DIALEDTIME_MS", "QUEUEWAIT", "QUEUEWAIT_MS")
+
+
 def parse_timeout(text: str) -> float | None:
     """Dial/Queue timeout in seconds; empty, invalid or <= 0: no timeout."""
     try:
@@ -153,7 +159,7 @@ class Ringer:
         self.live: list[Leg] = []
         self.bridge_id = ""
         self.in_queue: str | None = None
-        self.joined = 0.0
+        self.joined = self.started = 0.0
 
     def phone(self, target: str) -> Phone:
         return self.phones.get(target) or self.sim.phones.get(target) or self.sim.default_phone
@@ -219,6 +225,9 @@ class Ringer:
     async def dial(self, data: str) -> Outcome:
         t = self.call.trunk
         args = standard_app_args(data, 4)               # peers, timeout, options, URL
+        self.started = time.time()
+        for name in DIAL_VARS:                           # app_dial clears them first (01)
+            t.set_var(name, "")
         legs, nochan = [], 0
         for target in split_dial_peers(args[0] if args else ""):
             ep, spec = parse_target(target), self.phone(target)
@@ -240,10 +249,13 @@ class Ringer:
         args = standard_app_args(data, 10)
         name = args[0] if args else ""
         members = self.sim.queues.get(name)
-        if members is None:
+        self.in_queue, self.joined = name, time.time()
+        if members is None:                              # "Unable to join queue"
             t.cdr.dial_done(False)
             return self._status("UNKNOWN")
-        self.in_queue, self.joined = name, time.time()
+        self.started = self.joined
+        for var in QUEUE_VARS:                           # app_queue clears them first (10)
+            t.set_var(var, "")
         t.emit(ev.queue_caller_join(t, name, 1, 1))
         legs = []
         for member in members:
@@ -257,7 +269,12 @@ class Ringer:
         return await self._ring(legs, parse_timeout(args[4] if len(args) > 4 else ""))
 
     def _status(self, status: str) -> Outcome:
-        self.call.trunk.set_var("QUEUESTATUS" if self.in_queue else "DIALSTATUS", status)
+        """DIALSTATUS after a Dial; a Queue sets QUEUESTATUS only when nobody answered
+        for a reason of its own (TIMEOUT, ...), not when answered or abandoned (10)."""
+        if self.in_queue is None:
+            self.call.trunk.set_var("DIALSTATUS", status)
+        elif status not in ("ANSWER", "CANCEL"):
+            self.call.trunk.set_var("QUEUESTATUS", status)
         return Outcome(status)
 
     async def _ring(self, legs: list[Leg], timeout: float | None) -> Outcome:
@@ -269,6 +286,8 @@ class Ringer:
         ringing = [leg for leg in legs if leg.spec.rings]
         for leg in ringing:
             t.emit(ev.dial_state(t, leg.chan, "RINGING"))
+        if ringing and not queue:
+            self._elapsed("RINGTIME")
         if not ringing and not queue:
             t.cdr.dial_done(False)
             return self._status("BUSY" if any(leg.spec.busy for leg in legs) else "CONGESTION")
@@ -316,6 +335,13 @@ class Ringer:
                                                        ("RingTime", str(int(now - winner.rang_at)))]))
         else:
             self._end(winner, "ANSWER")
+        if queue:
+            t.set_var("QUEUEPOSITION", "1")
+            self._elapsed("QUEUEWAIT")
+        else:
+            t.set_var("DIALSTATUS", "ANSWER")
+            t.set_var("DIALEDPEERNAME", winner.chan.name)
+            t.set_var("DIALEDPEERNUMBER", winner.ep.resource)
         t.cdr.dial_done(True)
         t.set_state(6)
         self.bridge_id = str(uuid.uuid4())
@@ -323,8 +349,19 @@ class Ringer:
         for n, chan in enumerate((winner.chan, t), 1):
             chan.bridge_id = self.bridge_id
             chan.emit(ev.bridge_enter(self.bridge_id, n, chan))
-        self._status("ANSWER")
         return Outcome("ANSWER", winner)
+
+    def _elapsed(self, name: str, since: float | None = None) -> None:
+        seconds = time.time() - (self.started if since is None else since)
+        self.call.trunk.set_var(name, str(int(seconds)))
+        self.call.trunk.set_var(f"{name}_MS", str(int(seconds * 1000)))
+
+    def bridge_ended(self, answered: float) -> None:
+        """What Dial/Queue set once the bridge is over; the hang-up handler reads them."""
+        self._elapsed("ANSWEREDTIME", answered)
+        self._elapsed("DIALEDTIME")
+        if self.in_queue is None:
+            self.call.trunk.set_var("DIALSTATUS", "ANSWER")
 
     def agent_complete(self, leg: Leg, reason: str, answered: float) -> None:
         if self.in_queue is None or leg.member is None:
