@@ -6,7 +6,8 @@ A busy PBX emits thousands of AMI events a second, most of them noise
 N distinct calls with their uniqueids rewritten, so every call is new.
 
 Two figures in one run:
-- baseline: parse (panoramisk's parser) + translate + tracker, in memory;
+- baseline: the same filter of unwanted events, parse (panoramisk's
+  parser), translate, tracker, all in memory;
 - daemon: the same bytes from a FakeAmi over TCP into an in-process daemon
   (our AMI protocol with its incremental decoder, the queue, the consumer,
   batched commits to SQLite), until every call is closed in the store.
@@ -28,7 +29,7 @@ from panoramisk.message import Message
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ctrackd.ami.translate import translate  # noqa: E402
+from ctrackd.ami.translate import translate, wanted  # noqa: E402
 from ctrackd.attribution.tracker import CallTracker  # noqa: E402
 from ctrackd.config import load_config  # noqa: E402
 from ctrackd.daemon import Daemon  # noqa: E402
@@ -63,7 +64,7 @@ def core_only(stream: bytes) -> float:
     started = time.perf_counter()
     tracker = CallTracker()
     for block in stream.decode("utf-8").split("\r\n\r\n"):
-        if not block:
+        if not block or not wanted(block):
             continue
         message = Message.from_line(block)
         if message is not None and (event := translate(message, 0.0)) is not None:

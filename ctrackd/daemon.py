@@ -27,6 +27,7 @@ from ctrackd.agi.routes import TrackRoute, build_routes
 from ctrackd.agi.server import AgiServer
 from ctrackd.ami.connection import AmiConnection
 from ctrackd.ami.consumer import AmiConsumer
+from ctrackd.ami.translate import wanted
 from ctrackd.attribution.plan import StaticPlan
 from ctrackd.attribution.records import CallProgress
 from ctrackd.attribution.tracker import CallTracker
@@ -69,7 +70,8 @@ class Daemon:
             host=cfg.ami.host, port=cfg.ami.port, username=cfg.ami.username,
             secret=cfg.ami.secret, queue=queue, events=cfg.ami.events,
             ping_interval=cfg.ami.ping_interval, liveness_timeout=cfg.ami.liveness_timeout,
-            action_timeout=cfg.ami.action_timeout, reconnect_max=cfg.ami.reconnect_max)
+            action_timeout=cfg.ami.action_timeout, reconnect_max=cfg.ami.reconnect_max,
+            wanted=wanted)
         self.consumer = AmiConsumer(
             queue=queue, tracker=self.tracker, save_progress=self.store.save_progress,
             request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished)

@@ -22,6 +22,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import structlog
@@ -68,6 +69,7 @@ class AmiConnection:
         ping_interval: float = 10.0, liveness_timeout: float = 30.0,
         action_timeout: float = 5.0, reconnect_initial: float = 0.5,
         reconnect_max: float = 30.0, logger: Any = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> None:
         if queue.maxsize > 0:
             # put_nowait() on a full queue would raise inside data_received:
@@ -79,6 +81,8 @@ class AmiConnection:
         self._action_timeout = action_timeout
         self._reconnect_initial, self._reconnect_max = reconnect_initial, reconnect_max
         self._log = logger or structlog.get_logger("ctrackd.ami")
+        # `wanted(raw_message_text)`: False drops an event before it is parsed.
+        self._wanted = wanted
         self._manager: LinkManager | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[str] | None = None
@@ -100,7 +104,8 @@ class AmiConnection:
             raise RuntimeError("AmiConnection already started")
         self._manager = LinkManager(
             host=self.host, port=self.port, on_event=self._on_event,
-            on_lost=self._on_lost, before_message=self._before_message, slog=self._log)
+            on_lost=self._on_lost, before_message=self._before_message, slog=self._log,
+            wanted=self._wanted)
         self._down_since = time.time()
         self._task = asyncio.create_task(self._run(), name="ami-link")
         self._task.add_done_callback(self._on_task_done)

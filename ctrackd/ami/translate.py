@@ -160,6 +160,21 @@ TRANSLATORS: dict[str, Translator] = {
 }
 
 
+_WANTED_HEADS = tuple(f"Event: {name}\r\n" for name in TRANSLATORS if name != "VarSet")
+
+
+def wanted(raw: str) -> bool:
+    """Whether a raw AMI message (text, before parsing) can mean anything to the tracker.
+
+    Given to the AMI connection so that noise (Newexten, DeviceStateChange,
+    RTCP, most VarSets...) is never parsed at all. Only the DIALSTATUS VarSet
+    is wanted among the VarSets.
+    """
+    if raw.startswith(_WANTED_HEADS):
+        return True
+    return raw.startswith("Event: VarSet\r\n") and "\r\nVariable: DIALSTATUS\r\n" in raw
+
+
 def translate(message: Message, received_at: float) -> CoreEvent | None:
     """The core event for one AMI message, or None when it means nothing to us."""
     translator = TRANSLATORS.get(message.get("Event") or "")
