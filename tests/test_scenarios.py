@@ -16,18 +16,25 @@ from pathlib import Path
 import pytest
 from panoramisk.message import Message
 
-from ctrackd.ami.translate import leg_of, translate
+from ctrackd.ami.translate import leg_of, translate, wanted
 from ctrackd.attribution.events import ChannelsListed
 from ctrackd.attribution.records import CallProgress, CallStatus
 from ctrackd.attribution.tracker import CallTracker
+from tests.conftest import CAPTURES
 
 
-def read_messages(path: Path) -> list[Message]:
-    """Every message of a raw capture, parsed exactly as panoramisk parses them."""
+def read_messages(path: Path, *, filtered: bool = False) -> list[Message]:
+    """Every message of a raw capture, parsed exactly as panoramisk parses them.
+
+    `filtered` drops what the daemon's AMI link drops before parsing (`wanted`).
+    """
     raw = path.read_bytes().decode("utf-8")
     blocks = raw.split("\r\n\r\n")
     messages = []
     for block in blocks:
+        if filtered and block.startswith("Event: ") and "\r\nActionID: " not in block \
+                and not wanted(block):
+            continue
         lines = [line for line in block.split("\r\n") if not line.startswith("Asterisk Call")]
         message = Message.from_line("\r\n".join(lines)) if lines else None
         if message is not None:
@@ -35,13 +42,14 @@ def read_messages(path: Path) -> list[Message]:
     return messages
 
 
-def replay(path: Path, tracker: CallTracker | None = None) -> dict[str, CallProgress]:
+def replay(path: Path, tracker: CallTracker | None = None, *,
+           filtered: bool = False) -> dict[str, CallProgress]:
     """Feed a capture through translate + tracker; return the last record of each call."""
     tracker = tracker or CallTracker(region="RU")
     records: dict[str, CallProgress] = {}
     listed: list[Message] = []
     known = tracker.known_calls()
-    for message in read_messages(path):
+    for message in read_messages(path, filtered=filtered):
         event_name = message.get("Event")
         if event_name == "CoreShowChannel":  # an action's answer, not a dispatched event
             listed.append(message)
@@ -189,3 +197,13 @@ def test_asterisk_restart_ends_the_call_it_cut(captures: Path) -> None:
     assert record.status == CallStatus.ANSWERED
     assert record.close_reason == "hangup"
     assert abs(record.talk_seconds - int(row["billsec"])) <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CAPTURES / "ami").glob("*.txt")))
+def test_the_prefilter_drops_nothing_the_tracker_needs(captures: Path, name: str) -> None:
+    """Events dropped unparsed by `wanted` change no record of any capture."""
+    path = captures / "ami" / f"{name}.txt"
+    tracker_all, tracker_filtered = CallTracker(), CallTracker()
+    everything = replay(path, tracker_all)
+    assert everything, name
+    assert replay(path, tracker_filtered, filtered=True) == everything
