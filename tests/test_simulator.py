@@ -198,6 +198,16 @@ async def test_agi_dialogue_reports_variables(ami: FakeAmi) -> None:
     assert (env["agi_network"], env["agi_network_script"], env["agi_arg_2"]) == ("yes", "track", "b")
 
 
+async def test_agi_exec_expands_variables_only_with_agiexecfull() -> None:
+    agi = TinyAgi({"1": ['EXEC Set "A=${CTRACK_CALL_ID}"', 'SET VARIABLE AGIEXECFULL "yes"',
+                         'EXEC Set "B=${CTRACK_CALL_ID}"']})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()))
+    chan = sim.new_trunk("1", Caller("9"), [])
+    chan.vars.set("__CTRACK_CALL_ID", "7.7")
+    await run_fastagi(sim.globals["CTRACKD_AGI"] + "/track", chan)
+    assert (chan.get_var("A"), chan.get_var("B")) == ("${CTRACK_CALL_ID}", "7.7")
+
+
 async def test_agi_environment_order_matches_capture_a(captures: Path) -> None:
     chunks = [json.loads(x) for x in (captures / "agi/A-track-request-3-set-variable-1-exec.jsonl")
               .read_text().splitlines()]

@@ -131,6 +131,8 @@ class AgiDialogue:
             if argc < 2:
                 return None
             app, data = exec_app_data(argv)
+            if (ch.get_var("AGIEXECFULL") or "").lower() in ("yes", "true", "y", "t", "1", "on"):
+                data = ch.substitute(data)               # ast_true(AGIEXECFULL): ${...} expanded
             return str(ch.exec_app(app, data))
         if words == ("set", "variable"):
             if argc != 4:

@@ -18,8 +18,8 @@ import asyncio
 import random
 import re
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tests.simulator import amievents as ev
@@ -44,7 +44,7 @@ KNOWN_APPS = {a.lower() for a in (
 class Channel:
     """One channel of the simulated PBX."""
 
-    sim: "SimulatedAsterisk"
+    sim: SimulatedAsterisk
     name: str
     uniqueid: str
     linkedid: str

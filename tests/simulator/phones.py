@@ -329,19 +329,17 @@ class Ringer:
             self.hangup(leg, 26)
         if queue:
             t.emit(ev.queue_caller_leave(t, self.in_queue or "", 1, 0))
+            t.set_var("QUEUEPOSITION", "1")
+            self._elapsed("QUEUEWAIT")
             now = time.time()
             t.emit(ev.agent_event("AgentConnect", t, winner.chan, self.in_queue or "", winner.member.interface,
                                   winner.member.name, [("HoldTime", str(int(now - self.joined))),
                                                        ("RingTime", str(int(now - winner.rang_at)))]))
-        else:
-            self._end(winner, "ANSWER")
-        if queue:
-            t.set_var("QUEUEPOSITION", "1")
-            self._elapsed("QUEUEWAIT")
-        else:
+        else:                                              # 01: the variables, then DialEnd
             t.set_var("DIALSTATUS", "ANSWER")
             t.set_var("DIALEDPEERNAME", winner.chan.name)
             t.set_var("DIALEDPEERNUMBER", winner.ep.resource)
+            self._end(winner, "ANSWER")
         t.cdr.dial_done(True)
         t.set_state(6)
         self.bridge_id = str(uuid.uuid4())
