@@ -468,3 +468,17 @@ async def test_callerid_name_and_dial_variables_reach_phone_and_cdr(ami: FakeAmi
     assert {k: call.variables[k] for k in ("DIALSTATUS", "DIALEDPEERNAME", "DIALEDPEERNUMBER")} == \
            {"DIALSTATUS": "ANSWER", "DIALEDPEERNAME": leg, "DIALEDPEERNUMBER": "phones/100"}
     assert int(call.variables["DIALEDTIME_MS"]) >= int(call.variables["ANSWEREDTIME_MS"]) >= 40
+
+
+async def test_dialplan_events_shapes_and_inheritance_order(captures: Path, ami: FakeAmi) -> None:
+    agi = TinyAgi({"74950000001": mset("IAX2/phones/100")})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, dialplan_events=True,
+                            phones={"IAX2/phones/100": Phone(answer_after=0.05, talk=0.05)})
+    call = await sim.call("74950000001", Caller(CALLER))
+    expected = read_capture(next((captures / "ami").glob("01-*.txt")), skip_login=True)
+    shapes = {(dict(m)["Event"], tuple(k for k, _ in m)) for m in expected if dict(m).get("Event")}
+    extra = [e for e in call.events if dict(e)["Event"] in ("VarSet", "AGIExecStart", "AGIExecEnd")]
+    assert extra and all((dict(e)["Event"], tuple(k for k, _ in e)) in shapes for e in extra)
+    leg = dict(next(e for e in call.events if dict(e)["Event"] == "DialBegin"))["DestChannel"]
+    leg_vars = [dict(e)["Variable"] for e in extra if dict(e)["Event"] == "VarSet" and dict(e)["Channel"] == leg]
+    assert leg_vars[:3] == ["DIALEDPEERNUMBER", "__CTRACK_CHANNEL", "__CTRACK_CALL_ID"]   # capture 01

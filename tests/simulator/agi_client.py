@@ -61,7 +61,7 @@ class AgiResult:
     returncode: int | None = None                 # stdin AGI: the child's exit status
 
 
-# (words, dead-safe, argc check): res_agi.c `commands[]`; None = no usage check modelled.
+# (words, runs on a dead channel): res_agi.c `commands[]` in its order.
 COMMANDS: list[tuple[tuple[str, ...], bool]] = [
     (("answer",), False), (("asyncagi", "break"), True), (("channel", "status"), False),
     (("database", "del"), True), (("database", "deltree"), True), (("database", "get"), True),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tests.simulator import amievents as ev
-from tests.simulator.agi_client import AgiResult
+from tests.simulator.agi_client import RESULT_TEXT, AgiResult
 from tests.simulator.asterisk_args import ChannelVars, mset_assignments, set_assignment
 from tests.simulator.dialplan import Cdr, CdrRow, InboundCall
 from tests.simulator.phones import Caller, ChannelNamer, Endpoint, Phone, QueueMember
@@ -220,9 +220,7 @@ class Channel:
         if code is None:
             self.emit(ev.agi_exec_start(self, command_id, command))
         else:
-            text = {200: "Success", 510: "Invalid or unknown command", 520: "Usage",
-                    511: "Command Not Permitted on a dead channel or intercept routine"}[code]
-            self.emit(ev.agi_exec_end(self, command_id, command, code, text))
+            self.emit(ev.agi_exec_end(self, command_id, command, code, RESULT_TEXT[code]))
 
 
 @dataclass
