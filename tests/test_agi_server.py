@@ -383,3 +383,27 @@ async def test_stop_lets_sessions_finish_within_the_grace(start_server: StartSer
     writer.close()  # as Asterisk does, so the background drain ends at once
     assert await asyncio.wait_for(stopping, 1.0) == 0
     assert server.counters.served == 1
+
+
+async def test_peer_gone_before_the_environment_logs_no_traceback() -> None:
+    """A port probe (connect, close at once) is one warning, not an error with a traceback."""
+    from structlog.testing import capture_logs
+
+    async def route(channel: AgiChannel) -> None:  # pragma: no cover - never reached
+        raise AssertionError
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    server = AgiServer({"track": route}, host="127.0.0.1", port=0)
+    _, port = await server.start()
+    with capture_logs() as logs:
+        for _ in range(20):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.transport.abort()  # RST: the socket is gone before we answer
+        await asyncio.sleep(0.3)
+    await server.stop(0.5)
+    loop.set_exception_handler(None)
+    assert unhandled == []
+    assert logs and all(entry["log_level"] == "warning" for entry in logs), logs
+    assert not any("exc_info" in entry or "exception" in entry for entry in logs)

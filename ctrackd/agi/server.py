@@ -168,10 +168,13 @@ class AgiServer:
         """Half-close (after `failure` if asked and still possible); drain in the background."""
         writer = session.writer
         if not session.finished and not writer.is_closing():
-            if failure:
-                writer.write(_FAILURE)
-            if writer.can_write_eof():
-                writer.write_eof()
+            try:
+                if failure:
+                    writer.write(_FAILURE)
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except OSError:
+                pass  # the peer is already gone (ENOTCONN): nobody left to tell
         task = asyncio.create_task(_drain_and_close(session.reader, writer))
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
