@@ -1,0 +1,426 @@
+"""ctrackd-agi: the classic stdin AGI the dialplan runs when the daemon is unreachable.
+
+The daemon answers FastAGI on every call; when it is down (upgrade, crash,
+restart) Asterisk cannot connect and the dialplan falls back to this script,
+started once per call as the asterisk user. It must give the same answer the
+daemon would have (same config, same core function `attribute_static`, same
+store, same channel variables), so the call is tracked all the same, marked
+`tracking=fallback`.
+
+    ctrackd-agi track  [CONFIG]   attribute the call, write it, set the variables
+    ctrackd-agi hangup [CONFIG]   in the hang-up handler: close the record
+
+Two rules shape this file:
+- It must never hurt the call. Every error (config unreadable, store locked,
+  a bug) is written to stderr, which Asterisk's console shows, and the script
+  still exits 0 quickly; on `track` it still sets CTRACK_FORWARD when it can,
+  or leaves it empty so the dialplan dials CTRACKD_FALLBACK.
+- It runs per call, on the call's path: nothing is imported until needed, and
+  Asterisk hears exactly one command (`EXEC MSet`) on `track` and one
+  (`GET FULL VARIABLE`) on `hangup`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # only for the annotations: none of these load at run time here
+    from ctrackd.attribution.records import Attribution, CallProgress, CallStatus
+    from ctrackd.config import Config
+
+DEFAULT_CONFIG = "/etc/ctrackd/ctrackd.yaml"
+USAGE = "usage: ctrackd-agi {track|hangup} [CONFIG]   (run by Asterisk's AGI() application)"
+
+#: how long `track` waits for a locked store: the caller hears this as silence,
+#: and the call goes through anyway, so give up early
+TRACK_BUSY_TIMEOUT = 1.0
+#: the hang-up handler holds no caller: it may wait for the daemon's writer longer
+HANGUP_BUSY_TIMEOUT = 3.0
+
+#: the record's close reason when this script closed it
+CLOSE_REASON = "fallback_handler"
+
+# What the hang-up handler reads, in ONE `GET FULL VARIABLE` round trip. The
+# free-text fields come last so that a stray separator inside them cannot
+# shift the others (the split keeps any excess in the last field).
+_SEPARATOR = "|"
+_HANGUP_FIELDS = ("CTRACK_CALL_ID", "DIALSTATUS", "ANSWEREDTIME", "ANSWEREDTIME_MS",
+                  "DIALEDTIME", "HANGUPCAUSE", "QUEUESTATUS", "CALLERID(num)",
+                  "DIALEDPEERNUMBER", "DIALEDPEERNAME")
+
+# Asterisk's own wording (main/channel.c causes[]), as AMI's Cause-txt shows it,
+# for the causes a forwarded call ends with; others stay without a text.
+_CAUSE_TEXTS = {
+    0: "Unknown", 1: "Unallocated (unassigned) number", 3: "No route to destination",
+    16: "Normal Clearing", 17: "User busy", 18: "No user responding",
+    19: "User alerting, no answer", 20: "Subscriber absent", 21: "Call Rejected",
+    26: "Answered elsewhere", 27: "Destination out of order", 28: "Invalid number format",
+    31: "Normal, unspecified", 34: "Circuit/channel congestion", 38: "Network out of order",
+    41: "Temporary failure", 42: "Switching equipment congestion",
+    127: "Interworking, unspecified",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script entry point: always 0 under Asterisk, whatever happened."""
+    # Asterisk may send SIGHUP when the caller hangs up (AGISIGHUP): the record
+    # must still be written, and the default action would kill us mid-write.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The store is shared with the daemon through a group: the files SQLite
+    # creates (the database, -wal, -shm) must stay writable for that group.
+    os.umask(0o007)
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("track", "hangup"):
+        _log("usage", detail=USAGE)
+        return 2 if sys.stdin.isatty() else 0
+    command = args[0]
+    config_path = args[1] if len(args) > 1 and args[1] else DEFAULT_CONFIG
+    try:
+        agi = _open_agi()
+    except Exception as exc:  # no AGI dialogue at all: nothing to set, the dialplan falls back
+        _log("agi_start_failed", error=_describe(exc))
+        return 0
+    try:
+        if command == "track":
+            track(agi, config_path)
+        else:
+            hangup(agi, config_path)
+    except Exception as exc:  # the error boundary: a bug of ours must not cost the call
+        _log(f"{command}_failed", error=_describe(exc), traceback=True)
+        _tell_asterisk(agi, f"ctrackd-agi {command} failed: {_describe(exc)}")
+    return 0
+
+
+# --- track -----------------------------------------------------------------
+
+def track(agi: Any, config_path: str, *, now: float | None = None) -> None:
+    """Attribute the call like the daemon would, write it, then ONE `EXEC MSet`."""
+    from ctrackd.attribution.records import Tracking
+
+    env: dict[str, str] = agi.env
+    call_id = _env(env, "agi_uniqueid") or f"ctrackd-{time.time():.6f}"
+    config = _load_config(agi, config_path)
+    if config is None:
+        return  # CTRACK_FORWARD stays empty: the dialplan dials CTRACKD_FALLBACK
+    attribution = _attribute(config, env, call_id, time.time() if now is None else now)
+    try:
+        _save_attribution(config, attribution)
+    except Exception as exc:  # the store failed: the call must still go through
+        # Everything the record would have held, so it can be recovered from the log.
+        _log("call_record_save_failed", call_id=call_id, error=_describe(exc),
+             did=attribution.did, channel=attribution.channel,
+             started_at=f"{attribution.started_at:.3f}", forward_to=attribution.forward_to,
+             tracking=Tracking.FALLBACK.value)
+    _set_variables(agi, attribution)
+
+
+def _attribute(config: Config, env: dict[str, str], call_id: str, now: float) -> Attribution:
+    from dataclasses import replace
+
+    from ctrackd.attribution.plan import attribute_static, fallback_attribution
+    from ctrackd.attribution.records import Tracking
+
+    plan = config.static_plan()
+    did = _env(env, "agi_extension") or _env(env, "agi_dnid")
+    caller_name = _env(env, "agi_calleridname")
+    try:
+        return attribute_static(plan, call_id=call_id, did=did,
+                                caller=_env(env, "agi_callerid"), caller_name=caller_name,
+                                now=now, tracking=Tracking.FALLBACK)
+    except Exception as exc:  # still forward to the default target, and say why
+        _log("call_attribution_failed", call_id=call_id, error=_describe(exc), traceback=True)
+        fallback = fallback_attribution(plan, call_id=call_id, did=did, caller=None,
+                                        caller_name=caller_name, now=now,
+                                        error=type(exc).__name__)
+        return replace(fallback, tracking=Tracking.FALLBACK)
+
+
+def _save_attribution(config: Config, attribution: Attribution) -> None:
+    from ctrackd.store import queries
+    from ctrackd.store.schema import migrate
+
+    conn = queries.connect(config.store.path, readonly=False,
+                           synchronous=config.store.synchronous,
+                           busy_timeout=TRACK_BUSY_TIMEOUT)
+    try:
+        migrate(conn)  # the daemon may never have run: the first fallback call creates the store
+        queries.save_attribution(conn, attribution)
+    finally:
+        conn.close()
+
+
+def channel_variables(attribution: Attribution) -> list[tuple[str, str]]:
+    """The variables the dialplan reads after the AGI: the same as the daemon's route.
+
+    Kept in step with `ctrackd.agi.routes.channel_variables` (a test compares
+    them); not imported from there because that module pulls in structlog and
+    asyncio, a tenth of a second per call for nothing.
+    """
+    from ctrackd.attribution.plan import operator_display_name
+    from ctrackd.variables import (
+        CALLERID_NAME_VAR,
+        CAMPAIGN_VAR,
+        CHANNEL_VAR,
+        FORWARD_VAR,
+        LABEL_VAR,
+        MEDIUM_VAR,
+        RECORDING_VAR,
+        RING_TIMEOUT_VAR,
+        SOURCE_VAR,
+        TRACKING_VAR,
+    )
+
+    recording = attribution.recording_path
+    return [
+        ("__" + CHANNEL_VAR, attribution.channel or ""),  # inherited: on every leg's events
+        (SOURCE_VAR, attribution.source or ""),
+        (MEDIUM_VAR, attribution.medium or ""),
+        (CAMPAIGN_VAR, attribution.campaign or ""),
+        (LABEL_VAR, attribution.label or ""),
+        (FORWARD_VAR, attribution.forward_to),
+        (RING_TIMEOUT_VAR, str(attribution.ring_timeout)),
+        # MixMonitor takes a name relative to the monitor folder; the record keeps the path
+        (RECORDING_VAR, recording.rsplit("/", 1)[-1] if recording else ""),
+        (CALLERID_NAME_VAR, operator_display_name(attribution.label, attribution.caller_name)),
+        (TRACKING_VAR, attribution.tracking.value),
+    ]
+
+
+def _set_variables(agi: Any, attribution: Attribution) -> None:
+    from ctrackd.agi.commands import exec_mset
+    from ctrackd.variables import FORWARD_VAR, RING_TIMEOUT_VAR, TRACKING_VAR
+
+    pairs = channel_variables(attribution)
+    try:
+        line = exec_mset(pairs)
+    except ValueError as exc:  # too long for one AGI line (a huge label or name)
+        _log("variables_trimmed", call_id=attribution.call_id, error=str(exc))
+        essential = {FORWARD_VAR, RING_TIMEOUT_VAR, TRACKING_VAR}
+        line = exec_mset([(name, value) for name, value in pairs if name in essential])
+    _command(agi, line)
+
+
+# --- hangup ----------------------------------------------------------------
+
+def hangup(agi: Any, config_path: str, *, now: float | None = None) -> None:
+    """Close the call's record from the dead channel's variables, unless already closed."""
+    from ctrackd.attribution.numbers import normalise_number
+    from ctrackd.attribution.records import CallProgress
+
+    ended_at = time.time() if now is None else now
+    values = _read_hangup_variables(agi)
+    call_id = values["CTRACK_CALL_ID"] or _env(agi.env, "agi_uniqueid")
+    if not call_id:
+        _log("hangup_without_call_id")
+        return
+    config = _load_config(agi, config_path)
+    if config is None:
+        return
+    from ctrackd.store import queries
+    from ctrackd.store.schema import migrate
+
+    conn = queries.connect(config.store.path, readonly=False,
+                           synchronous=config.store.synchronous,
+                           busy_timeout=HANGUP_BUSY_TIMEOUT)
+    try:
+        migrate(conn)
+        known = queries.get_progress(conn, call_id)
+        if known is not None and not known.is_open:
+            return  # the daemon's AMI side closed it already: its record is the better one
+        status = call_status(values["DIALSTATUS"], values["QUEUESTATUS"])
+        progress = CallProgress(
+            call_id=call_id,
+            started_at=known.started_at if known else _started_at(call_id, values, ended_at),
+            # a row with no attribution (the store was locked at `track`) still gets the caller
+            did=known.did if known else None,
+            caller=known.caller if known else normalise_number(values["CALLERID(num)"],
+                                                                config.phone_region),
+            dial_status=values["DIALSTATUS"] or None,
+        )
+        _fill_answer(progress, status, values, ended_at)
+        cause = _int(values["HANGUPCAUSE"])
+        progress.hangup_cause = cause
+        progress.hangup_cause_txt = _CAUSE_TEXTS.get(cause) if cause is not None else None
+        progress.finish(status, ended_at, CLOSE_REASON)
+        # only_if_open: if the daemon closed it meanwhile, its record stays
+        queries.save_progress(conn, [progress], only_if_open=True)
+    finally:
+        conn.close()
+
+
+def _read_hangup_variables(agi: Any) -> dict[str, str]:
+    """All the variables in one round trip; on a dead channel GET FULL VARIABLE still works."""
+    expression = _SEPARATOR.join("${%s}" % name for name in _HANGUP_FIELDS)
+    raw = agi.get_full_variable(expression) or ""
+    parts = raw.split(_SEPARATOR, len(_HANGUP_FIELDS) - 1)
+    parts += [""] * (len(_HANGUP_FIELDS) - len(parts))
+    return {name: value.strip() for name, value in zip(_HANGUP_FIELDS, parts)}
+
+
+def call_status(dial_status: str, queue_status: str = "") -> CallStatus:
+    """The call's outcome from Dial's DIALSTATUS (or Queue's QUEUESTATUS when no Dial ran).
+
+    Empty or CANCEL: the caller hung up before anyone answered. Queue() sets
+    no DIALSTATUS; its QUEUESTATUS tells timeout and empty queues apart, but
+    not an answered queue call, which the daemon's AMI side sees instead.
+    """
+    from ctrackd.attribution.records import CallStatus
+
+    by_dial = {
+        "ANSWER": CallStatus.ANSWERED, "BUSY": CallStatus.BUSY,
+        "NOANSWER": CallStatus.NO_ANSWER, "CANCEL": CallStatus.ABANDONED,
+        "CHANUNAVAIL": CallStatus.FAILED, "CONGESTION": CallStatus.FAILED,
+    }
+    dial_status = dial_status.strip().upper()
+    if dial_status:
+        return by_dial.get(dial_status, CallStatus.FAILED)  # INVALIDARGS, DONTCALL, TORTURE
+    queue_status = queue_status.strip().upper()
+    if queue_status == "TIMEOUT":
+        return CallStatus.NO_ANSWER
+    if queue_status in {"FULL", "JOINEMPTY", "LEAVEEMPTY", "JOINUNAVAIL", "LEAVEUNAVAIL"}:
+        return CallStatus.FAILED
+    return CallStatus.ABANDONED
+
+
+def answered_by(peer_number: str, peer_name: str) -> str | None:
+    """`IAX2/phones/100`, `PJSIP/101`: DIALEDPEERNUMBER with its channel tech in front.
+
+    DIALEDPEERNUMBER is the Dial target without the tech (`phones/100`,
+    `101`, `100@internal`); the tech comes from DIALEDPEERNAME, the answering
+    channel's name (`IAX2/phones-15449`, `Local/100@internal-0001;1`).
+    """
+    peer_number, peer_name = peer_number.strip(), peer_name.strip()
+    tech = peer_name.split("/", 1)[0] if "/" in peer_name else ""
+    if not peer_number:
+        return peer_name.rsplit("-", 1)[0] if peer_name else None
+    if not tech or peer_number.lower().startswith(tech.lower() + "/"):
+        return peer_number
+    return f"{tech}/{peer_number}"
+
+
+def _fill_answer(progress: CallProgress, status: CallStatus, values: dict[str, str],
+                 ended_at: float) -> None:
+    from ctrackd.attribution.records import CallStatus
+
+    if status is not CallStatus.ANSWERED:
+        return
+    # ANSWEREDTIME_MS (newer Asterisk) is more precise; ANSWEREDTIME is everywhere.
+    talk_ms = _int(values["ANSWEREDTIME_MS"])
+    talk = talk_ms / 1000.0 if talk_ms is not None else _int(values["ANSWEREDTIME"])
+    if talk is not None:
+        progress.answered_at = ended_at - talk
+    progress.answered_by = answered_by(values["DIALEDPEERNUMBER"], values["DIALEDPEERNAME"])
+
+
+def _started_at(call_id: str, values: dict[str, str], ended_at: float) -> float:
+    """When no row exists: the channel's creation time, which its Uniqueid carries.
+
+    A Uniqueid is `[systemname-]<epoch seconds>.<sequence>`; failing that,
+    the dial time is the best lower bound we have.
+    """
+    seconds = call_id.rsplit("-", 1)[-1].split(".", 1)[0]
+    if seconds.isdigit() and len(seconds) >= 9:
+        started = float(seconds)
+        if started <= ended_at:
+            return started
+    return ended_at - float(_int(values["DIALEDTIME"]) or 0)
+
+
+# --- shared ----------------------------------------------------------------
+
+class _Discard:
+    """A write-only sink: pyst2 prints its whole dialogue to stderr, Asterisk's console."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _open_agi(stdin: TextIO | None = None, stdout: TextIO | None = None) -> Any:
+    """pyst2's stdin AGI, speaking UTF-8 whatever the locale Asterisk started us with."""
+    import io
+
+    from asterisk.agi import AGI
+
+    class QuietAGI(AGI):  # type: ignore[misc]
+        def test_hangup(self) -> None:
+            # pyst2 refuses every command after SIGHUP; a hung-up channel still
+            # answers GET/SET VARIABLE and EXEC, and the record must be written.
+            return None
+
+    if stdin is None:
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace",
+                                 newline="\n")
+    if stdout is None:
+        stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="replace",
+                                  newline="\n")
+    return QuietAGI(stdin=stdin, stdout=stdout, stderr=_Discard())
+
+
+def _command(agi: Any, line: str) -> None:
+    """One AGI command; a refusal is logged, never raised (the call goes on)."""
+    from asterisk.agi import AGIException
+
+    try:
+        agi.execute(line)
+    except AGIException as exc:
+        _log("agi_command_rejected", command=line.split(" ", 2)[:2], error=_describe(exc))
+
+
+def _load_config(agi: Any, path: str) -> Config | None:
+    from ctrackd.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _log("config_invalid", error=str(exc))
+    except Exception as exc:
+        _log("config_unreadable", path=path, error=_describe(exc), traceback=True)
+    _tell_asterisk(agi, f"ctrackd-agi: cannot use {path}, see the console")
+    return None
+
+
+def _tell_asterisk(agi: Any, message: str) -> None:
+    """Best effort VERBOSE, so the problem also reaches Asterisk's own log files."""
+    text = message.replace("\\", "/").replace('"', "'").replace("\n", " ")[:300]
+    try:
+        agi.execute("VERBOSE", f'"{text}"', 1)
+    except Exception:  # the channel may be gone; stderr already has it
+        pass
+
+
+def _env(env: dict[str, str], name: str) -> str | None:
+    # Asterisk writes "unknown" for a missing value.
+    value = env.get(name)
+    return None if value in (None, "", "unknown") else value
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _log(event: str, *, traceback: bool = False, **fields: object) -> None:
+    """One line on stderr: Asterisk shows an AGI script's stderr on its console."""
+    details = " ".join(f"{key}={value}" for key, value in fields.items())
+    print(f"ctrackd-agi: {event} {details}".rstrip(), file=sys.stderr, flush=True)
+    if traceback:
+        import traceback as tb
+
+        tb.print_exc(file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
