@@ -65,6 +65,9 @@ MIGRATIONS: list[tuple[int, str]] = [
     CREATE INDEX calls_status ON calls (status, started_at);
     CREATE INDEX calls_channel ON calls (channel, started_at);
     CREATE INDEX calls_caller ON calls (caller, started_at);
+    -- Unique callers per channel in a report: COUNT(DISTINCT) read off an
+    -- index instead of sorting millions of rows.
+    CREATE INDEX calls_channel_caller ON calls (channel, caller, started_at);
     -- Open calls: what the tracker reloads at start; tiny next to the table.
     CREATE INDEX calls_open ON calls (started_at) WHERE ended_at IS NULL;
     -- `ctrackd calls --follow` polls for what changed in the last seconds.
