@@ -254,3 +254,38 @@ def test_follow_prints_calls_as_they_land(store: Path, config: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- output helpers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, cell", [
+    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+    ("@SUM(A1)", "'@SUM(A1)"),
+    ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+    ("+79161234567", "+79161234567"),  # a number stays a number
+    ("-12.5", "-12.5"),
+    ("Иван", "Иван"),
+])
+def test_csv_defuses_formulas(value: str, cell: str) -> None:
+    assert output.csv_text([{"name": value}], ["name"]) == f"name\n{_csv_quote(cell)}\n"
+
+
+def _csv_quote(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"' if '"' in cell else cell
+
+
+def test_cell_formatters() -> None:
+    assert output.mask_number("+79161234567") == "+7916***4567"
+    assert output.mask_number("101") == "101" and output.mask_number(None) == "-"
+    assert [output.duration(s) for s in (None, 7.4, 754, 3723)] == ["-", "0:07", "12:34",
+                                                                    "1:02:03"]
+    assert output.truncate("電話番号です", 7) == "電話番…" and output.cell_width("電話番…") == 7
+    assert output.percent(0.6667) == "67%"
+
+
+def test_report_totals_agree_whichever_the_grouping(store: Path) -> None:
+    conn = queries.connect(store, readonly=True)
+    by_channel = queries.report(conn, by="channel")[-1]
+    by_day = queries.report(conn, by="day")[-1]
+    by_channel.pop("channel"), by_day.pop("day")
+    assert by_channel == by_day
