@@ -62,6 +62,7 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         self.store = await Store.open(cfg.store.path, synchronous=cfg.store.synchronous)
+        self._watch(self.store.writer, owned=False)  # closed by store.close(), last
         self.tracker = CallTracker(region=cfg.phone_region)
         open_calls = await self.store.open_calls()
         self.tracker.restore(open_calls)
@@ -136,8 +137,13 @@ class Daemon:
         assert self.ami is not None
         return await self.ami.action({"Action": "CoreShowChannels"}, multi=True)
 
-    def _watch(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.append(task)
+    def _watch(self, task: asyncio.Task[Any], *, owned: bool = True) -> None:
+        """A task whose end, unless we are stopping, takes the daemon down.
+
+        `owned` tasks are cancelled by stop(); the others end with their owner.
+        """
+        if owned:
+            self._tasks.append(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:

@@ -54,6 +54,11 @@ class Store:
         self._writer = asyncio.create_task(self._write_forever(), name="store-writer")
         self._writer.add_done_callback(self._on_writer_done)
 
+    @property
+    def writer(self) -> asyncio.Task[None]:
+        """The group-commit task: it ends only on close(); if it dies, the store is dead."""
+        return self._writer
+
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "normal") -> Store:
         """Create the folder and the database if needed, migrate, and return once usable."""
