@@ -78,7 +78,8 @@ def run_asterisklint(folder: Path) -> tuple[int, list[str]]:
     Same as the console script, but found through sys.executable, so the test
     runs wherever the venv's bin/ is or is not on PATH.
     """
-    code = "import os, sys; from asterisklint.main import main; sys.exit(main(sys.argv[1:], os.environ))"
+    code = ("import os, sys; from asterisklint.main import main; "
+            "sys.exit(main(sys.argv[1:], os.environ))")
     env = {"PATH": "/usr/bin:/bin"}  # no ALINT_IGNORE from the caller's shell
     proc = subprocess.run([sys.executable, "-c", code, "dialplan-check", "extensions.conf"],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)
@@ -103,7 +104,7 @@ def finding_key(match: re.Match[str]) -> tuple[str, str]:
 
 
 def lint(tmp_path: Path, dialplan_text: str) -> tuple[list[str], set[tuple[str, str]]]:
-    """Lint `dialplan_text` as extensions_ctrackd.conf; return (findings not ignored, used entries)."""
+    """Lint `dialplan_text` as extensions_ctrackd.conf: (findings not ignored, entries used)."""
     (tmp_path / "extensions.conf").write_text(WRAPPER, encoding="utf-8")
     (tmp_path / "extensions_ctrackd.conf").write_text(dialplan_text, encoding="utf-8")
     _, lines = run_asterisklint(tmp_path)
@@ -188,8 +189,9 @@ def parse_dialplan(text: str) -> dict[str, dict[str, list[Step]]]:
             label = label_match.group(1)
         app_match = re.fullmatch(r"(\w+)\((.*)\)", rest)
         assert app_match, f"line {number}: application call expected: {rest!r}"
-        steps = contexts[context].setdefault(exten, [])  # type: ignore[arg-type]
-        steps.append(Step(context, exten, len(steps) + 1, label, app_match.group(1),  # type: ignore[arg-type]
+        assert exten is not None
+        steps = contexts[context].setdefault(exten, [])
+        steps.append(Step(context, exten, len(steps) + 1, label, app_match.group(1),
                           app_match.group(2), number))
     return contexts
 

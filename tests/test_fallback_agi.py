@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,8 +112,8 @@ class FakeAsterisk:
         if words[:3] == ["GET", "FULL", "VARIABLE"]:
             return f"200 result=1 ({self.substitute(argv[3])})"
         if words[:2] == ["GET", "VARIABLE"]:
-            value = self.variables.get(argv[2])
-            return "200 result=0" if value is None else f"200 result=1 ({value})"
+            found = self.variables.get(argv[2])
+            return "200 result=0" if found is None else f"200 result=1 ({found})"
         if words[:2] == ["SET", "VARIABLE"]:
             self.variables[argv[2].lstrip("_")] = argv[3]
             return "200 result=1"
@@ -145,7 +146,8 @@ def agi_environment(script_args: list[str], *, did: str, caller: str, name: str,
 
 
 def run_agi(args: list[str], asterisk: FakeAsterisk, *, did: str = "74950000001",
-            caller: str = "+79161234567", name: str = "unknown", python_flags: list[str] = (),
+            caller: str = "+79161234567", name: str = "unknown",
+            python_flags: tuple[str, ...] = (),
             timeout: float = 20.0) -> AgiRun:
     """Start ctrackd-agi like res_agi.c does and play Asterisk until the script exits."""
     if python_flags or not SCRIPT.exists():
@@ -201,7 +203,7 @@ def config_path(tmp_path: Path, store_path: Path) -> Path:
     return path
 
 
-def row(store_path: Path, call_id: str = UNIQUEID) -> dict[str, object] | None:
+def row(store_path: Path, call_id: str = UNIQUEID) -> dict[str, Any] | None:
     conn = sqlite3.connect(store_path)
     conn.row_factory = sqlite3.Row
     try:
@@ -279,7 +281,7 @@ def test_track_unknown_did_goes_to_the_default_target(config_path: Path,
 def test_track_loads_nothing_the_daemon_needs(config_path: Path) -> None:
     # It runs once per call: asyncio, structlog, aiosqlite and panoramisk are a
     # tenth of a second of pure waste for the caller.
-    result = track(config_path, python_flags=["-X", "importtime"])
+    result = track(config_path, python_flags=("-X", "importtime"))
     imported = set(re.findall(r"^import time:.*\|\s*(\S+)$", result.stderr, re.M))
     assert "ctrackd.config" in imported and "asterisk.agi" in imported
     assert not imported & {"asyncio", "structlog", "aiosqlite", "panoramisk"}, imported
