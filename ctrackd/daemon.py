@@ -206,6 +206,10 @@ def run_daemon(config_path: str) -> int:
         return 1
     configure_logging(config.log.level, config.log.format,
                       show_numbers=config.log.show_numbers)
+    # The store is shared with the asterisk group (ctrackd-agi writes it when
+    # we are down): files we create must be group-writable, as systemd's
+    # UMask=0007 makes them; the same when run by hand.
+    os.umask(0o007)
     notifier = SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
     try:
         return asyncio.run(serve(Daemon(config), notifier))

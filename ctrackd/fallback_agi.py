@@ -16,8 +16,8 @@ Two rules shape this file:
   still exits 0 quickly; on `track` it still sets CTRACK_FORWARD when it can,
   or leaves it empty so the dialplan dials CTRACKD_FALLBACK.
 - It runs per call, on the call's path: nothing is imported until needed, and
-  Asterisk hears exactly one command (`EXEC MSet`) on `track` and one
-  (`GET FULL VARIABLE`) on `hangup`.
+  Asterisk hears two commands on `track` (`GET FULL VARIABLE` of the channel's
+  start, `EXEC MSet`) and one (`GET FULL VARIABLE`) on `hangup`.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def track(agi: Any, config_path: str, *, now: float | None = None) -> None:
     config = _load_config(agi, config_path)
     if config is None:
         return  # CTRACK_FORWARD stays empty: the dialplan dials CTRACKD_FALLBACK
-    attribution = _attribute(config, env, call_id, time.time() if now is None else now)
+    started = _channel_start(agi) if now is None else now
+    attribution = _attribute(config, env, call_id, started)
     try:
         _save_attribution(config, attribution)
     except Exception as exc:  # the store failed: the call must still go through
@@ -116,6 +117,23 @@ def track(agi: Any, config_path: str, *, now: float | None = None) -> None:
              started_at=f"{attribution.started_at:.3f}", forward_to=attribution.forward_to,
              tracking=Tracking.FALLBACK.value)
     _set_variables(agi, attribution)
+
+
+def _channel_start(agi: Any) -> float:
+    """When the channel was created: the record's start, as the daemon would store it.
+
+    This script starts a second or so after the call arrived (the FastAGI try,
+    then a process start), so its own clock would shorten every ring time.
+    The CDR's raw start (`CDR(start,u)`: epoch with microseconds) is the
+    channel's creation while the call has a single CDR row, as it has here.
+    """
+    now = time.time()
+    try:
+        raw = agi.get_full_variable("${CDR(start,u)}") or ""
+        started = float(raw)
+    except Exception:  # unreadable or not a number: our own clock is the next best
+        return now
+    return started if now - 3600 < started <= now else now
 
 
 def _attribute(config: Config, env: dict[str, str], call_id: str, now: float) -> Attribution:
@@ -153,46 +171,9 @@ def _save_attribution(config: Config, attribution: Attribution) -> None:
         conn.close()
 
 
-def channel_variables(attribution: Attribution) -> list[tuple[str, str]]:
-    """The variables the dialplan reads after the AGI: the same as the daemon's route.
-
-    Kept in step with `ctrackd.agi.routes.channel_variables` (a test compares
-    them); not imported from there because that module pulls in structlog and
-    asyncio, a tenth of a second per call for nothing.
-    """
-    from ctrackd.attribution.plan import operator_display_name
-    from ctrackd.variables import (
-        CALLERID_NAME_VAR,
-        CAMPAIGN_VAR,
-        CHANNEL_VAR,
-        FORWARD_VAR,
-        LABEL_VAR,
-        MEDIUM_VAR,
-        RECORDING_VAR,
-        RING_TIMEOUT_VAR,
-        SOURCE_VAR,
-        TRACKING_VAR,
-    )
-
-    recording = attribution.recording_path
-    return [
-        ("__" + CHANNEL_VAR, attribution.channel or ""),  # inherited: on every leg's events
-        (SOURCE_VAR, attribution.source or ""),
-        (MEDIUM_VAR, attribution.medium or ""),
-        (CAMPAIGN_VAR, attribution.campaign or ""),
-        (LABEL_VAR, attribution.label or ""),
-        (FORWARD_VAR, attribution.forward_to),
-        (RING_TIMEOUT_VAR, str(attribution.ring_timeout)),
-        # MixMonitor takes a name relative to the monitor folder; the record keeps the path
-        (RECORDING_VAR, recording.rsplit("/", 1)[-1] if recording else ""),
-        (CALLERID_NAME_VAR, operator_display_name(attribution.label, attribution.caller_name)),
-        (TRACKING_VAR, attribution.tracking.value),
-    ]
-
-
 def _set_variables(agi: Any, attribution: Attribution) -> None:
     from ctrackd.agi.commands import exec_mset
-    from ctrackd.variables import FORWARD_VAR, RING_TIMEOUT_VAR, TRACKING_VAR
+    from ctrackd.variables import FORWARD_VAR, RING_TIMEOUT_VAR, TRACKING_VAR, channel_variables
 
     pairs = channel_variables(attribution)
     try:

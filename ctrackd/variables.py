@@ -9,6 +9,9 @@ do not import each other.
 
 from __future__ import annotations
 
+from ctrackd.attribution.plan import operator_display_name
+from ctrackd.attribution.records import Attribution
+
 #: inherited to every leg, listed in manager.conf channelvars: links AMI events to the call
 CALL_ID_VAR = "CTRACK_CALL_ID"
 #: inherited, listed in channelvars: the channel key, visible on every leg's AMI events
@@ -28,3 +31,25 @@ TRACKING_VAR = "CTRACK_TRACKING"
 
 #: the variables manager.conf must list in `channelvars`
 MANAGER_CHANNELVARS = (CALL_ID_VAR, CHANNEL_VAR)
+
+
+def channel_variables(attribution: Attribution) -> list[tuple[str, str]]:
+    """What the dialplan reads after the AGI, from the daemon's route or ctrackd-agi alike.
+
+    Here, not in `agi/routes.py`, because ctrackd-agi runs once per call and
+    must not import asyncio and structlog for it (a tenth of a second).
+    """
+    recording = attribution.recording_path
+    return [
+        ("__" + CHANNEL_VAR, attribution.channel or ""),  # inherited: on every leg's events
+        (SOURCE_VAR, attribution.source or ""),
+        (MEDIUM_VAR, attribution.medium or ""),
+        (CAMPAIGN_VAR, attribution.campaign or ""),
+        (LABEL_VAR, attribution.label or ""),
+        (FORWARD_VAR, attribution.forward_to),
+        (RING_TIMEOUT_VAR, str(attribution.ring_timeout)),
+        # MixMonitor takes a name relative to the monitor folder; the record keeps the path
+        (RECORDING_VAR, recording.rsplit("/", 1)[-1] if recording else ""),
+        (CALLERID_NAME_VAR, operator_display_name(attribution.label, attribution.caller_name)),
+        (TRACKING_VAR, attribution.tracking.value),
+    ]

@@ -213,8 +213,12 @@ def row(store_path: Path, call_id: str = UNIQUEID) -> dict[str, Any] | None:
         conn.close()
 
 
+#: the channel's creation, as `${CDR(start,u)}` gives it (an epoch with microseconds)
+CHANNEL_START = "1795332111.565371"
+
+
 def track(config_path: Path, **kwargs: object) -> AgiRun:
-    asterisk = FakeAsterisk(variables={CALL_ID_VAR: UNIQUEID})
+    asterisk = FakeAsterisk(variables={CALL_ID_VAR: UNIQUEID, "CDR(start,u)": CHANNEL_START})
     return run_agi(["track", str(config_path)], asterisk, **kwargs)  # type: ignore[arg-type]
 
 
@@ -233,7 +237,9 @@ def test_track_writes_a_fallback_record_and_sets_the_contract_variables(
 
     assert result.returncode == 0
     assert result.stderr == ""  # pyst2's dialogue dump must not flood Asterisk's console
-    assert len(result.commands) == 1 and result.commands[0].startswith("EXEC MSet ")
+    # the channel's start (the script runs a second after the call arrived), then one MSet
+    assert result.commands[0] == 'GET FULL VARIABLE "${CDR(start,u)}"'
+    assert len(result.commands) == 2 and result.commands[1].startswith("EXEC MSet ")
     assert {name.lstrip("_") for name in CONTRACT_VARS} <= set(result.variables)
     assert result.variables[TRACKING_VAR] == "fallback"
     assert result.variables[CHANNEL_VAR] == "google-ads"
@@ -257,6 +263,7 @@ def test_track_writes_a_fallback_record_and_sets_the_contract_variables(
     assert record["forward_to"] == "IAX2/phones/100"
     assert record["recording_path"] == f"/var/spool/asterisk/monitor/ctrackd-{UNIQUEID}.wav"
     assert record["status"] == "new" and record["ended_at"] is None
+    assert record["started_at"] == float(CHANNEL_START)
 
 
 def test_track_a_queue_channel_and_a_plus_did(config_path: Path, store_path: Path) -> None:
@@ -343,21 +350,29 @@ def test_bad_arguments_do_not_hurt_the_call(args: list[str], tmp_path: Path) -> 
     assert "usage" in result.stderr
 
 
-def test_channel_variables_match_the_daemons_route() -> None:
-    from ctrackd.agi.routes import channel_variables as route_variables
-    from ctrackd.fallback_agi import channel_variables
+def test_channel_variables_follow_the_contract() -> None:
+    """The one list both the daemon's route and ctrackd-agi send (docs/architecture.md)."""
+    from ctrackd.variables import channel_variables
 
     attribution = Attribution(
         call_id=UNIQUEID, started_at=1.0, did="+74950000001", caller="+79161234567",
         caller_name="Иван", tracking=Tracking.FALLBACK, channel="google-ads", source="google",
         medium="cpc", campaign="brand", label="Google Ads", forward_to="PJSIP/101&PJSIP/102",
         ring_timeout=25, recording_path="/var/spool/asterisk/monitor/ctrackd-1.wav", note=None)
-    assert channel_variables(attribution) == route_variables(attribution)
+    assert channel_variables(attribution) == [
+        ("__CTRACK_CHANNEL", "google-ads"), ("CTRACK_SOURCE", "google"),
+        ("CTRACK_MEDIUM", "cpc"), ("CTRACK_CAMPAIGN", "brand"), ("CTRACK_LABEL", "Google Ads"),
+        ("CTRACK_FORWARD", "PJSIP/101&PJSIP/102"), ("CTRACK_RING_TIMEOUT", "25"),
+        ("CTRACK_RECORDING", "ctrackd-1.wav"), ("CTRACK_CALLERID_NAME", "[Google Ads] Иван"),
+        ("CTRACK_TRACKING", "fallback")]
     bare = Attribution(
         call_id=UNIQUEID, started_at=1.0, did=None, caller=None, caller_name=None,
         tracking=Tracking.FALLBACK, channel=None, source=None, medium=None, campaign=None,
         label=None, forward_to="PJSIP/office", ring_timeout=30, recording_path=None, note=None)
-    assert channel_variables(bare) == route_variables(bare)
+    assert dict(channel_variables(bare)) == {
+        "__CTRACK_CHANNEL": "", "CTRACK_SOURCE": "", "CTRACK_MEDIUM": "", "CTRACK_CAMPAIGN": "",
+        "CTRACK_LABEL": "", "CTRACK_FORWARD": "PJSIP/office", "CTRACK_RING_TIMEOUT": "30",
+        "CTRACK_RECORDING": "", "CTRACK_CALLERID_NAME": "", "CTRACK_TRACKING": "fallback"}
 
 
 # ---------------------------------------------------------------------------

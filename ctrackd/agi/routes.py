@@ -17,26 +17,10 @@ import structlog
 
 from ctrackd.agi.commands import exec_mset
 from ctrackd.agi.protocol import AgiChannel
-from ctrackd.attribution.plan import (
-    StaticPlan,
-    attribute_static,
-    fallback_attribution,
-    operator_display_name,
-)
+from ctrackd.attribution.plan import StaticPlan, attribute_static, fallback_attribution
 from ctrackd.attribution.records import Attribution
 from ctrackd.logs import mask_number
-from ctrackd.variables import (
-    CALLERID_NAME_VAR,
-    CAMPAIGN_VAR,
-    CHANNEL_VAR,
-    FORWARD_VAR,
-    LABEL_VAR,
-    MEDIUM_VAR,
-    RECORDING_VAR,
-    RING_TIMEOUT_VAR,
-    SOURCE_VAR,
-    TRACKING_VAR,
-)
+from ctrackd.variables import channel_variables
 
 Route = Callable[[AgiChannel], Awaitable[None]]
 SaveAttribution = Callable[[Attribution], Awaitable[None]]
@@ -47,28 +31,6 @@ log = structlog.get_logger("ctrackd.agi")
 def _env(channel: AgiChannel, name: str) -> str | None:
     value = channel.env.get(name)
     return None if value in (None, "", "unknown") else value
-
-
-def channel_variables(attribution: Attribution) -> list[tuple[str, str]]:
-    """The variables the dialplan reads after the AGI (docs/architecture.md)."""
-    return [
-        ("__" + CHANNEL_VAR, attribution.channel or ""),  # inherited: on every leg's events
-        (SOURCE_VAR, attribution.source or ""),
-        (MEDIUM_VAR, attribution.medium or ""),
-        (CAMPAIGN_VAR, attribution.campaign or ""),
-        (LABEL_VAR, attribution.label or ""),
-        (FORWARD_VAR, attribution.forward_to),
-        (RING_TIMEOUT_VAR, str(attribution.ring_timeout)),
-        (RECORDING_VAR, _file_name(attribution.recording_path)),
-        (CALLERID_NAME_VAR, operator_display_name(attribution.label, attribution.caller_name)),
-        (TRACKING_VAR, attribution.tracking.value),
-    ]
-
-
-def _file_name(path: str | None) -> str:
-    # MixMonitor takes a name relative to Asterisk's monitor folder; the
-    # record keeps the full path (recordings.dir) for the admin.
-    return path.rsplit("/", 1)[-1] if path else ""
 
 
 class TrackRoute:

@@ -126,6 +126,11 @@ class Channel:
             num, name = self.caller_num or "", self.caller_name or ""
             return {"num": num, "name": name, "all": f'"{name}" <{num}>'}.get(arg.lower())
         if func == "CDR" and self.cdr is not None:
+            field, _, options = arg.lower().partition(",")
+            if "u" in options and field == "start":
+                # cdr.c cdr_get_tv(): raw values are "%ld.%06ld" epochs; the first
+                # row's start is the channel's creation
+                return f"{self.created:.6f}"
             return self.cdr.fields(self.cdr.rows[-1]).get(
                 {"billsec": "BillableSeconds", "duration": "Duration", "disposition": "Disposition",
                  "userfield": "UserField", "dstchannel": "DestinationChannel", "start": "StartTime",
