@@ -396,3 +396,21 @@ def test_report_on_an_empty_store(tmp_path: Path) -> None:
             by: None, "calls": 0, "answered": 0, "missed": 0, "unique_callers": 0,
             "answer_rate": None, "avg_ring_seconds": None, "avg_talk_seconds": None,
             "is_total": True}]
+
+
+async def test_wal_is_checkpointed_off_the_commit_path(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits never checkpoint (no fsync on the call path); the background task does."""
+    from ctrackd.store import database
+
+    monkeypatch.setattr(database, "CHECKPOINT_SECONDS", 0.1)
+    path = tmp_path / "calls.sqlite3"
+    store = await Store.open(path)
+    empty_size = path.stat().st_size
+    for i in range(300):
+        await store.save_attribution(attribution(f"wal-{i}"))
+    assert path.stat().st_size == empty_size      # all of it still in the WAL
+    await asyncio.sleep(0.5)
+    assert path.stat().st_size > empty_size       # checkpointed into the database file
+    assert store.checkpoint_errors == 0
+    await store.close()

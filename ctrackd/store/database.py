@@ -22,10 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from ctrackd.attribution.records import Attribution, CallProgress
 from ctrackd.store import queries
 from ctrackd.store.schema import StoreError, migrate
+
+log = structlog.get_logger("ctrackd.store")
+
+#: seconds between WAL checkpoints (off the call path; see _checkpoint_forever)
+CHECKPOINT_SECONDS = 5.0
 
 # Errors that belong to a row rather than to the database: worth isolating.
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
@@ -53,6 +59,10 @@ class Store:
         self._inflight: list[_Write] = []
         self._writer = asyncio.create_task(self._write_forever(), name="store-writer")
         self._writer.add_done_callback(self._on_writer_done)
+        self._commits_since_checkpoint = 0
+        self.checkpoint_errors = 0
+        self._checkpointer = asyncio.create_task(
+            self._checkpoint_forever(CHECKPOINT_SECONDS), name="store-checkpoint")
 
     @property
     def writer(self) -> asyncio.Task[None]:
@@ -74,6 +84,8 @@ class Store:
         try:
             for pragma in queries.pragmas(synchronous):
                 await db.execute(pragma)
+            # checkpoints happen in _checkpoint_forever, not inside our commits
+            await db.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
             await db.close()
             raise
@@ -98,10 +110,13 @@ class Store:
             return
         self._closing = True
         self._wakeup.set()
+        self._checkpointer.cancel()
         try:
             await self._writer
         finally:
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
             await self._db.close()
+            await asyncio.to_thread(_checkpoint, self.path)  # leave a small WAL behind
 
     async def _submit(self, sql: str, rows: list[dict[str, Any]]) -> None:
         if self._closing:
@@ -153,21 +168,45 @@ class Store:
         self._inflight, self._pending = [], []
 
     async def _commit(self, batch: list[_Write]) -> None:
-        # One executemany per statement kind. Order across kinds does not
-        # matter (each side writes its own columns); order within a kind is
-        # the arrival order.
+        # One multi-row statement per statement kind (autocommit: each is its
+        # own atomic transaction, one round trip). Order across kinds does not
+        # matter (each side writes its own columns); within a kind it is the
+        # arrival order, and a call id twice in one statement upserts in order.
         by_sql: dict[str, list[dict[str, Any]]] = {}
         for write in batch:
             by_sql.setdefault(write.sql, []).extend(write.rows)
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, rows in by_sql.items():
-                await self._db.executemany(sql, rows)
-            await self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
-            raise
+        for sql, rows in by_sql.items():
+            for start in range(0, len(rows), queries.MAX_ROWS_PER_STATEMENT):
+                statement, params = queries.multi_row(
+                    sql, rows[start:start + queries.MAX_ROWS_PER_STATEMENT])
+                await self._db.execute(statement, params)
+        self._commits_since_checkpoint += 1
+
+    async def _checkpoint_forever(self, interval: float) -> None:
+        """Checkpoint the WAL off the call path.
+
+        SQLite's automatic checkpoint runs inside a commit every 1000 pages
+        and fsyncs: that commit (an AGI session waiting on it) took 7 ms
+        instead of 0.5. The writer turns it off; this task checkpoints
+        PASSIVE (never blocking a writer) from its own connection and thread.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            if self._commits_since_checkpoint:
+                self._commits_since_checkpoint = 0
+                try:
+                    await asyncio.to_thread(_checkpoint, self.path)
+                except sqlite3.Error as exc:  # try again next time; the WAL only grows
+                    self.checkpoint_errors += 1
+                    log.warning("store_checkpoint_failed", error=repr(exc), path=str(self.path))
+
+
+def _checkpoint(path: Path) -> None:
+    conn = sqlite3.connect(path, timeout=1.0)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        conn.close()
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:

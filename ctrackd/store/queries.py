@@ -13,10 +13,12 @@ block the daemon's writes, and a typo in a path cannot create an empty store.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
+from functools import lru_cache
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +70,30 @@ ON CONFLICT (call_id) DO UPDATE SET
     dial_status = excluded.dial_status, close_reason = excluded.close_reason,
     updated_at = excluded.updated_at
 """
+
+def multi_row(statement: str, rows: Sequence[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """One `INSERT ... VALUES (...), (...) ON CONFLICT ...` for many rows of an upsert.
+
+    A single statement is a single implicit transaction: the daemon's writer
+    commits a whole batch in one round trip to its SQLite thread, instead of
+    BEGIN / executemany / COMMIT (three; the track route's profile showed the
+    hops costing more than the write itself).
+    """
+    sql, names = _multi_row_sql(statement, len(rows))
+    return sql, [row[name] for row in rows for name in names]
+
+
+@lru_cache(maxsize=64)
+def _multi_row_sql(statement: str, count: int) -> tuple[str, tuple[str, ...]]:
+    head, _, rest = statement.partition("VALUES (")
+    values, _, tail = rest.partition(")\nON CONFLICT")
+    names = tuple(re.findall(r":(\w+)", values))
+    row = "(" + re.sub(r":\w+", "?", values) + ")"
+    return f"{head}VALUES {', '.join([row] * count)}\nON CONFLICT{tail}", names
+
+
+#: rows per multi-row statement: SQLite allows 32766 variables per statement
+MAX_ROWS_PER_STATEMENT = 500
 
 # The fallback hang-up handler must not overwrite a call the daemon already closed.
 UPSERT_PROGRESS_IF_OPEN = UPSERT_PROGRESS + "WHERE calls.ended_at IS NULL\n"
