@@ -1,5 +1,5 @@
 """AGI command building: exact text for tricky values, and a round trip through
-a line-by-line Python port of the Asterisk parsers the text goes through.
+the simulator's line-by-line Python port of the Asterisk parsers the text goes through.
 
 The table is hand-checked: for each value, first one backslash before each of
 `\\ " , ( ) [ ]` (what `__ast_app_separate_args()` removes), then, for the AGI
@@ -14,89 +14,20 @@ import pytest
 
 from ctrackd.agi.commands import (MAX_LINE_BYTES, MAX_MSET_PAIRS, check_name, exec_mset,
                                   mset_data, quote, set_variable)
+from tests.simulator.asterisk_args import exec_app_data, mset_assignments, parse_args
 
-# ---------------------------------------------------------------------------
-# Ports of the Asterisk parsers (bytes in, bytes out), kept literal on purpose.
-
-
-def parse_args(line: bytes) -> list[bytes]:
-    """res/res_agi.c parse_args(): words, "quotes", backslash escapes."""
-    out, starts = bytearray(), []
-    quoted = escaped = False
-    whitespace = True
-    for ch in line:
-        if ch == ord('"') and not escaped:
-            quoted = not quoted
-            if quoted and whitespace:
-                starts.append(len(out))
-                whitespace = False
-            escaped = False
-            continue
-        if ch in b" \t" and not quoted and not escaped:
-            whitespace = True
-            out.append(0)
-            continue
-        if ch == ord("\\") and not escaped:
-            escaped = True
-            continue
-        if whitespace:  # "normal:" in the C source
-            starts.append(len(out))
-            whitespace = False
-        out.append(ch)
-        escaped = False
-    out.append(0)
-    return [bytes(out[i:out.index(0, i)]) for i in starts]
-
-
-def separate_args(buf: bytes, delim: str, arraylen: int) -> list[bytes]:
-    """main/app.c __ast_app_separate_args(buf, delim, remove_chars=1, array, arraylen)."""
-    b = bytearray(buf) + b"\0\0"  # one spare NUL: the C code may step past a trailing "\"
-    d = ord(delim)
-    array: list[int] = []
-    scan, paren, quote_, bracket, wasdelim = 0, 0, 0, 0, -1
-    while b[scan] and len(array) < arraylen - 1:
-        array.append(scan)
-        while b[scan]:
-            c = b[scan]
-            if c == ord("("):
-                paren += 1
-            elif c == ord(")"):
-                paren = max(paren - 1, 0)
-            elif c == ord("["):
-                bracket += 1
-            elif c == ord("]"):
-                bracket = max(bracket - 1, 0)
-            elif c == ord('"') and d != ord('"'):
-                quote_ ^= 1
-                del b[scan]
-                scan -= 1
-            elif c == ord("\\"):
-                del b[scan]  # the next character is taken literally (skipped below)
-            elif c == d and not paren and not quote_ and not bracket:
-                wasdelim = scan
-                b[scan] = 0
-                scan += 1
-                break
-            scan += 1
-    if b[scan] or (scan > 0 and scan - 1 == wasdelim):
-        array.append(scan)
-    return [bytes(b[i:b.index(0, i)]) for i in array]
-
-
-def mset_applied(data: bytes) -> list[tuple[bytes, bytes]]:
-    """main/pbx_variables.c pbx_builtin_setvar_multiple(): what each name is set to."""
-    pairs = []
-    for pair in separate_args(data, ",", 99):
-        name_value = separate_args(pair, "=", 2)
-        if len(name_value) == 2:
-            pairs.append((name_value[0], name_value[1]))
-    return pairs
+# The Asterisk parsers the text goes through, ported literally in the simulator
+# by an engineer who did not write the escaping (two independent readings of
+# res_agi.c and main/app.c must agree).
 
 
 def asterisk_applies(line: str) -> list[tuple[str, str]]:
-    argv = parse_args(line.encode("utf-8"))
-    assert argv[:2] == [b"EXEC", b"MSet"] and len(argv) == 3  # handle_exec() uses argv[2]
-    return [(n.decode(), v.decode()) for n, v in mset_applied(argv[2])]
+    """What Asterisk sets for an `EXEC MSet "..."` line: parse_args, handle_exec, MSet."""
+    argv = parse_args(line)
+    assert argv[0] == "EXEC" and len(argv) == 3  # handle_exec() uses argv[2] alone
+    app, data = exec_app_data(argv)
+    assert app == "MSet"
+    return mset_assignments(data)
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +87,7 @@ def test_exec_mset_limit_is_98_pairs_because_the_99th_is_left_unparsed() -> None
         exec_mset(pairs + [("LAST", "x")])
     # Why: with 99 pairs Asterisk would keep the escapes of the last one.
     data = mset_data(pairs[:1] * 98) + "," + mset_data([("LAST", "a,b")])
-    assert mset_applied(data.encode())[-1] == (b"LAST", b"a\\,b")
+    assert mset_assignments(data)[-1] == ("LAST", "a\\,b")
 
 
 def test_exec_mset_refuses_empty_and_overlong() -> None:
@@ -190,8 +121,7 @@ def test_invalid_names(name: str) -> None:
 ])
 def test_quote(value: str, text: str) -> None:
     assert quote(value) == text
-    assert parse_args(f"CMD {text}".encode()) == [b"CMD", value.translate(
-        {10: 32, 13: 32, 0: 32}).encode()]
+    assert parse_args(f"CMD {text}") == ["CMD", value.translate({10: 32, 13: 32, 0: 32})]
 
 
 def test_set_variable_matches_the_captures() -> None:
@@ -200,4 +130,4 @@ def test_set_variable_matches_the_captures() -> None:
     assert (set_variable("TRACK_CHANNEL", "Яндекс.Директ")
             == 'SET VARIABLE TRACK_CHANNEL "Яндекс.Директ"')
     line = set_variable("X", 'a,"b"\\')
-    assert parse_args(line.encode())[3] == b'a,"b"\\'
+    assert parse_args(line)[3] == 'a,"b"\\'

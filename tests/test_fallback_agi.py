@@ -39,7 +39,8 @@ from ctrackd.variables import (
     SOURCE_VAR,
     TRACKING_VAR,
 )
-from tests.test_agi_commands import asterisk_applies, parse_args
+from tests.simulator.asterisk_args import parse_args
+from tests.test_agi_commands import asterisk_applies
 
 SCRIPT = Path(sys.executable).with_name("ctrackd-agi")
 UNIQUEID = "1795332111.16"
@@ -103,7 +104,7 @@ class FakeAsterisk:
 
     def reply(self, line: str) -> str:
         self.commands.append(line)
-        argv = [a.decode("utf-8") for a in parse_args(line.encode("utf-8"))]
+        argv = parse_args(line)
         words = [a.upper() for a in argv[:3]]
         if words[:1] == ["EXEC"] and len(argv) >= 2 and argv[1] == "MSet":
             for name, value in asterisk_applies(line):
