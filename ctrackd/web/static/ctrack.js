@@ -1,0 +1,335 @@
+/*! ctrack.js: dynamic number insertion for ctrackd. See docs/snippet.md. */
+(function (window, document) {
+  'use strict';
+
+  // A tracker must never break the page it is on: every entry point (the
+  // start, timers, event listeners, the observer, XHR handlers) runs through
+  // safe(), and on any failure the page simply keeps its own numbers.
+  function safe(fn) {
+    return function () {
+      try { return fn.apply(this, arguments); } catch (e) { /* the page comes first */ }
+    };
+  }
+
+  if (window.ctrack) return; // included twice: the first copy does the work
+  var ns = window.ctrack = { number: null }; // the only global
+
+  var TIMEOUT_MS = 3000;
+  var KEY = 'ctrack_vid';
+  var MARKED = '[data-ctrack],.ctrack-phone';
+  // The opt-out, and elements whose text is not shown or is the user's input.
+  var OFF = '[data-ctrack-off],script,style,noscript,template,textarea,select';
+  // Separators people write inside a phone number (NBSP and dashes included).
+  var SEP = '[\\s().\\-\\u00a0\\u2010-\\u2015]{0,3}';
+  // Any phone-looking run: for marked elements, where the site owner said
+  // "this is the number", whatever digits it holds.
+  var RUN = new RegExp('\\+?\\d(?:' + SEP + '\\d){5,}', 'g');
+
+  var endpoint, session, number, period, timer, starting, office, observer;
+  var targets = {}; // digits of every number to replace: office numbers and our own earlier ones
+
+  function digitsOf(s) { return String(s == null ? '' : s).replace(/\D/g, ''); }
+  function isDigit(c) { return c >= '0' && c <= '9'; }
+
+  // Length of the country code that starts an E.164 digit string: 1 for +1
+  // and +7, 2 for the listed codes, 3 otherwise (ITU's assignment).
+  function ccLength(d) {
+    return /^[17]/.test(d) ? 1 : /^(2[07]|3[0-469]|4[013-9]|5[1-8]|6[0-6]|8[1246]|9[0-58])/.test(d) ? 2 : 3;
+  }
+
+  // The digits of the new number written the way an occurrence was written:
+  // international (+7 495...), national with a trunk prefix (8 495... or
+  // 0 20...), or without any prefix ((495) ...). Returns [digits, needsPlus].
+  function sameForm(old, n) {
+    var cc = ccLength(n), nsn = n.slice(cc);
+    if (old.length === n.length && old.slice(0, cc) === n.slice(0, cc)) return [n, 0];
+    if (old.length === nsn.length + 1 && /^[08]/.test(old)) return [old.charAt(0) + nsn, 0];
+    if (old.length === nsn.length) return [nsn, 0];
+    return [n, 1]; // another country or length: the full international number
+  }
+
+  // Pour digits into the shape of `pattern`, right-aligned so the subscriber
+  // groups (123-45-67) keep their separators. Extra digits join the first
+  // group; unused leading slots go, with the separators they leave dangling.
+  function shape(pattern, d) {
+    var out = '', j = d.length, i = pattern.length, c;
+    while (i--) {
+      c = pattern.charAt(i);
+      if (!isDigit(c)) out = c + out;
+      else if (j) out = d.charAt(--j) + out;
+      else {
+        out = out.replace(/^[^\d(]+/, '');
+        if (out.indexOf('(') < 0) out = out.replace(')', '');
+        if (pattern.charAt(0) === '+') out = '+' + out;
+        break;
+      }
+    }
+    if (j) out = out.replace(/\d/, d.slice(0, j) + '$&');
+    return out;
+  }
+
+  // `oldText` (one occurrence of a number) rewritten to show `newNumber`.
+  function format(oldText, newNumber) {
+    var n = digitsOf(newNumber), f = sameForm(digitsOf(oldText), n);
+    var text = shape(oldText, f[0]);
+    return f[1] && text.charAt(0) !== '+' ? '+' + text : text;
+  }
+  ns.format = safe(format);
+
+  // Replace every whole match of `re` in `text` (not glued to other digits).
+  function swapIn(text, re) {
+    var out = '', last = 0, m, a, b;
+    if (!re) return text;
+    re.lastIndex = 0;
+    while ((m = re.exec(text))) {
+      a = m.index; b = a + m[0].length;
+      if (isDigit(text.charAt(a - 1)) || isDigit(text.charAt(b))) { re.lastIndex = a + 1; continue; }
+      out += text.slice(last, a) + format(m[0], number);
+      last = b;
+    }
+    return last ? out + text.slice(last) : text;
+  }
+
+  // One regexp for every accepted way of writing every target number: full
+  // (with or without +), trunk prefix + national number, national number.
+  function buildOffice() {
+    var forms = [], d, cc, nsn;
+    for (d in targets) {
+      cc = ccLength(d); nsn = d.slice(cc);
+      forms.push('\\+?' + d.split('').join(SEP));
+      if (nsn.length >= 6) forms.push('[08]' + SEP + nsn.split('').join(SEP), nsn.split('').join(SEP));
+    }
+    forms.sort(function (x, y) { return y.length - x.length; }); // longest form wins
+    office = forms.length ? new RegExp(forms.join('|'), 'g') : null;
+  }
+
+  // The element a node is in, or its nearest ancestor matching `sel`.
+  function closest(node, sel) {
+    return (node.nodeType === 1 ? node : node.parentNode).closest(sel);
+  }
+
+  // Text nodes under `root` that we may touch: whole subtrees that opt out
+  // (or are scripts, styles, form fields) are skipped in one step.
+  function texts(root) {
+    var list = [], walker, n;
+    if (root.nodeType === 3) return [root];
+    walker = document.createTreeWalker(root, 5 /* SHOW_ELEMENT | SHOW_TEXT */, {
+      acceptNode: function (node) {
+        return node.nodeType === 3 ? 1 : node.matches(OFF) ? 2 /* REJECT */ : 3 /* SKIP */;
+      }
+    }, false);
+    while ((n = walker.nextNode())) list.push(n);
+    return list;
+  }
+
+  // A marked element: its number may be split over several text nodes
+  // (<b>+7</b> 495...), so it is swapped as one string and poured back.
+  function swapMarked(el) {
+    var nodes = texts(el), all = '', i, swapped, at = 0, len;
+    for (i = 0; i < nodes.length; i++) all += nodes[i].nodeValue;
+    swapped = swapIn(all, RUN);
+    if (swapped === all) return;
+    for (i = 0; i < nodes.length; i++) {
+      len = nodes[i].nodeValue.length;
+      // Same length: each node keeps its share. Otherwise the first node
+      // takes the whole text, so the number still reads right.
+      setText(nodes[i], swapped.length === all.length ? swapped.substr(at, len) : i ? '' : swapped);
+      at += len;
+    }
+  }
+
+  function setText(node, value) {
+    if (node.nodeValue !== value) node.nodeValue = value; // no change, no mutation
+  }
+
+  function swapLink(a, re) {
+    var href = a.getAttribute('href') || '', rest, swapped;
+    if (!/^tel:/i.test(href)) return;
+    rest = href.slice(4);
+    try { rest = decodeURIComponent(rest); } catch (e) { /* keep it as written */ }
+    swapped = swapIn(rest, re);
+    if (swapped !== rest) a.setAttribute('href', href.slice(0, 4) + swapped);
+  }
+
+  function swapTree(root) {
+    var isText = root.nodeType === 3, nodes, i, el, marked;
+    if (!root.parentNode || closest(root, OFF)) return;
+    marked = closest(root, MARKED);
+    if (marked) { swapMarked(marked); if (isText) return; }
+    nodes = texts(root);
+    for (i = 0; i < nodes.length; i++) {
+      if (!closest(nodes[i], MARKED)) setText(nodes[i], swapIn(nodes[i].nodeValue, office));
+    }
+    if (isText) return;
+    nodes = [root].concat([].slice.call(root.querySelectorAll('a,' + MARKED)));
+    for (i = 0; i < nodes.length; i++) {
+      el = nodes[i];
+      if (closest(el, OFF)) continue;
+      if (el.matches(MARKED)) swapMarked(el);
+      if (el.nodeName === 'A') swapLink(el, closest(el, MARKED) ? RUN : office);
+    }
+  }
+
+  // Our own writes make mutation records too: they are dropped right after
+  // each pass (takeRecords), and a pass over already swapped text changes
+  // nothing anyway, so the observer cannot loop on itself.
+  function swapAll(root) {
+    if (root) swapTree(root);
+    if (observer) observer.takeRecords();
+  }
+
+  var onMutations = safe(function (records) {
+    for (var i = 0, r, j; i < records.length; i++) {
+      r = records[i];
+      if (r.type === 'childList') {
+        for (j = 0; j < r.addedNodes.length; j++) swapTree(r.addedNodes[j]);
+      } else {
+        swapTree(r.target); // characterData on a text node, or a changed href
+      }
+    }
+    if (observer) observer.takeRecords();
+  });
+
+  function apply(r) {
+    var n = digitsOf(r.number), i;
+    if (n.length < 6 || typeof r.session_id !== 'string' || !r.session_id) return;
+    if (number && digitsOf(number) !== n) targets[digitsOf(number)] = 1; // a new session's number replaces ours
+    for (i = 0; r.replace && i < r.replace.length; i++) {
+      if (digitsOf(r.replace[i]).length >= 6) targets[digitsOf(r.replace[i])] = 1;
+    }
+    delete targets[n];
+    session = r.session_id;
+    number = ns.number = String(r.number);
+    period = Math.min(Math.max(+r.heartbeat_seconds || 30, 1), 3600) * 1000;
+    buildOffice();
+    swapAll(document.documentElement);
+    if (!observer && window.MutationObserver) {
+      observer = new MutationObserver(onMutations);
+      observer.observe(document.documentElement, {
+        childList: true, subtree: true, characterData: true, attributeFilter: ['href']
+      });
+    }
+    schedule();
+  }
+
+  // POST JSON; done(status, object or null) is called exactly once. Status 0
+  // means no answer: refused, timed out, or blocked (CORS).
+  function post(path, body, done) {
+    var x = new XMLHttpRequest(), finished = 0;
+    var end = safe(function (status, json) { if (!finished++) done(status, json); });
+    try {
+      x.open('POST', endpoint + path);
+      x.timeout = TIMEOUT_MS;
+      x.setRequestHeader('Content-Type', 'application/json');
+      x.onload = function () {
+        var json = null;
+        try { json = JSON.parse(x.responseText); } catch (e) { /* bad JSON: no object */ }
+        end(x.status, json && typeof json === 'object' ? json : null);
+      };
+      x.onerror = x.ontimeout = function () { end(0, null); };
+      x.send(JSON.stringify(body));
+    } catch (e) {
+      end(0, null);
+    }
+  }
+
+  function start() {
+    if (starting) return;
+    starting = 1;
+    post('/v1/sessions', {
+      visitor_id: visitor(),
+      page: location.href,
+      referrer: document.referrer,
+      title: document.title,
+      ga: cookie('_ga'),
+      ym_uid: ymUid()
+    }, function (status, r) {
+      starting = 0;
+      if (status === 200 && r) apply(r); // anything else: the page keeps what it shows
+    });
+  }
+
+  function visible() { return document.visibilityState !== 'hidden'; }
+
+  // The next beat is planned when this one leaves, not when it returns, so
+  // a slow daemon does not stretch the cadence.
+  function schedule() {
+    clearTimeout(timer);
+    timer = visible() ? setTimeout(safe(beat), period) : 0;
+  }
+
+  function beat() {
+    schedule();
+    post('/v1/sessions/' + encodeURIComponent(session) + '/heartbeat', {}, function (status) {
+      if (status === 404) { clearTimeout(timer); start(); } // the daemon let it go: a new one
+    });
+  }
+
+  // Hidden tabs send nothing; a tab that comes back says so at once.
+  document.addEventListener('visibilitychange', safe(function () {
+    if (!session) return;
+    if (visible()) beat(); else clearTimeout(timer);
+  }));
+
+  function storage(key, value) {
+    try {
+      if (value === undefined) return window.localStorage.getItem(key);
+      window.localStorage.setItem(key, value);
+      return 1;
+    } catch (e) {
+      return null; // storage blocked (privacy settings, sandboxed frame)
+    }
+  }
+
+  function cookie(name) {
+    try {
+      var m = document.cookie.match(new RegExp('(?:^|; )' + name + '=([^;]*)'));
+      return m ? decodeURIComponent(m[1]) : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function ymUid() {
+    // Yandex Metrica keeps it in a cookie, and in localStorage as a JSON string.
+    var v = cookie('_ym_uid') || storage('_ym_uid');
+    return v ? String(v).replace(/"/g, '') || null : null;
+  }
+
+  function randomId() {
+    try {
+      return crypto.randomUUID();
+    } catch (e) {
+      // Plain-http pages have no randomUUID; the id must be unique, not secret.
+      return (Math.random().toString(36) + Math.random().toString(36)).replace(/0\./g, '') +
+        (+new Date()).toString(36);
+    }
+  }
+
+  // First-party visitor id: localStorage, or a cookie when storage is blocked.
+  function visitor() {
+    var id = storage(KEY) || cookie(KEY);
+    if (!/^[\w-]{8,64}$/.test(id || '')) id = randomId();
+    if (!storage(KEY, id)) {
+      document.cookie = KEY + '=' + id + '; max-age=63072000; path=/; SameSite=Lax' +
+        (location.protocol === 'https:' ? '; Secure' : '');
+    }
+    return id;
+  }
+
+  safe(function () {
+    var me = document.currentScript; // set for async scripts too, while they first run
+    if (!me) return;
+    endpoint = me.getAttribute('data-ctrack-endpoint') || (/^https?:\/\/[^\/]+/.exec(me.src) || [''])[0];
+    endpoint = endpoint.replace(/\/+$/, '');
+    if (!endpoint) return;
+    // A page still loading is followed by the observer; one more pass when it
+    // is parsed catches text the parser appended to nodes already swapped.
+    if (document.readyState === 'loading') {
+      document.addEventListener('DOMContentLoaded', safe(function () {
+        if (number) swapAll(document.documentElement);
+      }));
+    }
+    start();
+  })();
+})(window, document);
