@@ -173,30 +173,31 @@ HUGE = "x" * 1_000_000
 
 
 @pytest.mark.parametrize("data, field, expected", [
-    ({"page_url": "https://shop.example/?utm_source=Yandex&utm_medium=cpc&yclid=123"},
+    ({"page": "https://shop.example/?utm_source=Yandex&utm_medium=cpc&yclid=123"},
      "utm_source", "Yandex"),
-    ({"page_url": "https://shop.example/?UTM_MEDIUM=cpc"}, "utm_medium", "cpc"),
-    ({"page_url": "https://shop.example/?gclid=Cj0K-abc_1"}, "gclid", "Cj0K-abc_1"),
-    ({"page_url": "https://x.example/?utm_source=a", "utm_source": "b"}, "utm_source", "b"),
-    ({"page_url": "https://x.example/?utm_term=%D0%BE%D0%BA%D0%BD%D0%B0+%D0%BF%D0%B2%D1%85"},
+    ({"page": "https://shop.example/?UTM_MEDIUM=cpc"}, "utm_medium", "cpc"),
+    ({"page": "https://shop.example/?gclid=Cj0K-abc_1"}, "gclid", "Cj0K-abc_1"),
+    ({"page": "https://x.example/?utm_source=a", "utm_source": "b"}, "utm_source", "b"),
+    ({"page": "https://x.example/?utm_term=%D0%BE%D0%BA%D0%BD%D0%B0+%D0%BF%D0%B2%D1%85"},
      "utm_term", "окна пвх"),
     ({"utm_campaign": "spring\x00\x1b[31m\u202esale\r\n  2024"}, "utm_campaign",
      "spring[31msale 2024"),
     ({"utm_source": HUGE}, "utm_source", "x" * LIMITS["text"]),
     ({"utm_source": "\x00\x01"}, "utm_source", None),
     ({"utm_source": 42}, "utm_source", None),                       # wrong type: dropped
+    ({"page_url": "https://x.example/", "title": "Shop"}, "page_url", None),  # unknown keys
     ({"referrer": "javascript:alert(1)"}, "referrer", None),
     ({"referrer": "data:text/html,<script>"}, "referrer", None),
     ({"referrer": "ftp://files.example/"}, "referrer", None),
     ({"referrer": "http://"}, "referrer", None),
     ({"referrer": "http://[::1"}, "referrer", None),
     ({"referrer": "  HTTPS://ya.ru/search?q=1 "}, "referrer", "HTTPS://ya.ru/search?q=1"),
-    ({"page_url": "https://x.example/" + HUGE}, "page_url",
+    ({"page": "https://x.example/" + HUGE}, "page_url",
      ("https://x.example/" + HUGE)[: LIMITS["url"]]),
     ({"gclid": "abc def"}, "gclid", None),                           # a mangled id: dropped
     ({"gclid": "a" * 300}, "gclid", None),
-    ({"ga_client_id": "GA1.1.1234567890.1690000000"}, "ga_client_id", "1234567890.1690000000"),
-    ({"ga_client_id": "1234567890.1690000000"}, "ga_client_id", "1234567890.1690000000"),
+    ({"ga": "GA1.1.1234567890.1690000000"}, "ga_client_id", "1234567890.1690000000"),
+    ({"ga": "1234567890.1690000000"}, "ga_client_id", "1234567890.1690000000"),
     ({"ym_uid": "1690000000123456789"}, "ym_uid", "1690000000123456789"),
     ({"ym_uid": "<script>"}, "ym_uid", None),
     ({"visits_before": 3}, "visits_before", 3),
@@ -266,7 +267,7 @@ def make_plan(*specs: PoolSpec, rules: list[UtmRule] | None = None,
 
 
 def visit(visitor: str, url: str = "https://shop.example/", **extra: object) -> VisitInput:
-    return normalise_visit({"visitor_id": visitor, "page_url": url, **extra})
+    return normalise_visit({"visitor_id": visitor, "page": url, **extra})
 
 
 def test_three_visitors_on_a_pool_of_two() -> None:

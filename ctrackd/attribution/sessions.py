@@ -38,7 +38,7 @@ class VisitError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class VisitInput:
-    """One page view as a page reports it, after `normalise_visit`. JSON keys = field names."""
+    """One page view as a page reports it, after `normalise_visit` (JSON keys: `WIRE`)."""
 
     visitor_id: str                 # first-party id the snippet keeps in localStorage/cookie
     page_url: str | None = None     # the page being viewed (the landing page on a first view)
@@ -127,25 +127,26 @@ def clean_ga_client_id(raw: str) -> str | None:
     return match.group(1) if match else token
 
 
-#: how each optional field of a page's request is cleaned
-CLEANERS: dict[str, Callable[[str], str | None]] = {
-    "page_url": clean_url,
-    "referrer": clean_url,
-    **{name: clean_text for name in UTM_FIELDS},
-    **{name: clean_click_id for name in CLICK_IDS},
-    "ga_client_id": clean_ga_client_id,
-    "ym_uid": clean_token,
-    "pool": clean_token,
-    "session_id": clean_token,
+#: JSON key of a page's request (what ctrack.js sends) -> (VisitInput field, its cleaner)
+WIRE: dict[str, tuple[str, Callable[[str], str | None]]] = {
+    "page": ("page_url", clean_url),
+    "referrer": ("referrer", clean_url),
+    **{name: (name, clean_text) for name in UTM_FIELDS},
+    **{name: (name, clean_click_id) for name in CLICK_IDS},
+    "ga": ("ga_client_id", clean_ga_client_id),   # the `_ga` cookie as it is
+    "ym_uid": ("ym_uid", clean_token),
+    "pool": ("pool", clean_token),
+    "session_id": ("session_id", clean_token),
 }
 
 
 def normalise_visit(data: Mapping[str, object]) -> VisitInput:
     """A page's JSON object -> a bounded `VisitInput`; `VisitError` only without a visitor id.
 
-    Optional fields of the wrong type or shape are dropped, not refused: an
-    older or odd snippet must still get a number. UTM tags and click ids
-    missing from the request are read from the page URL's query string.
+    Optional fields of the wrong type or shape are dropped, not refused, and
+    unknown keys are ignored: an older or odd snippet must still get a number.
+    UTM tags and click ids missing from the request are read from the page
+    URL's query string.
     """
     if not isinstance(data, Mapping):
         raise VisitError("expected a JSON object")
@@ -153,8 +154,8 @@ def normalise_visit(data: Mapping[str, object]) -> VisitInput:
     visitor_id = clean_token(raw_id) if isinstance(raw_id, str) else None
     if visitor_id is None:
         raise VisitError("visitor_id: expected 1-64 characters of A-Z a-z 0-9 . _ ~ : -")
-    values = {name: clean(raw) if isinstance(raw := data.get(name), str) else None
-              for name, clean in CLEANERS.items()}
+    values = {name: clean(raw) if isinstance(raw := data.get(key), str) else None
+              for key, (name, clean) in WIRE.items()}
     _fill_from_query(values)
     return VisitInput(visitor_id=visitor_id, visits_before=_visit_count(data.get("visits_before")),
                       **values)
@@ -167,7 +168,7 @@ def _fill_from_query(values: dict[str, str | None]) -> None:
     query = {key.lower(): value for key, value in parse_qsl(urlsplit(url).query)}
     for name in (*UTM_FIELDS, *CLICK_IDS):
         if values[name] is None and name in query:
-            values[name] = CLEANERS[name](query[name])
+            values[name] = WIRE[name][1](query[name])
 
 
 def _visit_count(raw: object) -> int:
