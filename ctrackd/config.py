@@ -13,7 +13,6 @@ read as octal.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,10 @@ import yaml
 
 from ctrackd.attribution.numbers import normalise_number
 from ctrackd.attribution.plan import Channel, StaticPlan, TrackingNumber
-from ctrackd.configschema import Node, Reader
+from ctrackd.attribution.pools import PoolSpec
+from ctrackd.attribution.sessions import UtmRule
+from ctrackd.configdynamic import WebConfig, pools_section, utm_rules_section, web_section
+from ctrackd.configschema import DIAL, DIAL_EXPECTED, KEY, Node, Reader
 
 
 class ConfigError(Exception):
@@ -88,19 +90,15 @@ class Config:
     channels: dict[str, Channel] = field(default_factory=dict)
     numbers: dict[str, TrackingNumber] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
+    pools: tuple[PoolSpec, ...] = ()
+    utm_rules: tuple[UtmRule, ...] = ()
+    web: WebConfig | None = None
 
     def static_plan(self) -> StaticPlan:
         return StaticPlan(channels=self.channels, numbers=self.numbers,
                           default_forward=self.defaults.forward_to,
                           default_ring_timeout=self.defaults.ring_timeout,
                           region=self.phone_region, recordings_dir=self.recordings.dir)
-
-
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# A Dial target lands inside Dial(${CTRACK_FORWARD},...): a comma would start
-# the next Dial argument, a newline would end the AGI command.
-_DIAL = re.compile(r"^(Queue\([A-Za-z0-9_.-]+\)|[A-Za-z0-9]+/[^,\s()\"'\\]+)$")
-_DIAL_EXPECTED = "a Dial string such as PJSIP/office or PJSIP/101&PJSIP/102, or Queue(name)"
 
 
 def load_config(path: str | Path) -> Config:
@@ -126,7 +124,8 @@ def load_config(path: str | Path) -> Config:
                           f"found an empty file")
     return _build(reader, reader.mapping(root, "", {
         "ami", "agi", "store", "recordings", "phone_region", "defaults", "channels",
-        "numbers", "log"}, required={"ami", "store", "defaults"}), source)
+        "numbers", "log", "pools", "utm_rules", "web"}, required={"ami", "store", "defaults"}),
+        source)
 
 
 def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
@@ -134,11 +133,15 @@ def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
                            check=_is_region, expected="a two-letter region code such as RU")
     channels = _channels(r, top.get("channels"))
     defaults = _defaults(r, top["defaults"])
+    numbers = _numbers(r, top.get("numbers"), channels, region)
     return Config(
         source=source, ami=_ami(r, top["ami"]), agi=_agi(r, top.get("agi")),
         store=_store(r, top["store"], source), recordings=_recordings(r, top.get("recordings")),
-        defaults=defaults, phone_region=region, channels=channels,
-        numbers=_numbers(r, top.get("numbers"), channels, region), log=_log(r, top.get("log")),
+        defaults=defaults, phone_region=region, channels=channels, numbers=numbers,
+        log=_log(r, top.get("log")),
+        pools=pools_section(r, top.get("pools"), channels, numbers, region),
+        utm_rules=utm_rules_section(r, top.get("utm_rules"), channels),
+        web=web_section(r, top.get("web"), region),
     )
 
 
@@ -209,7 +212,7 @@ def _recordings(r: Reader, node: Node | None) -> RecordingsConfig:
 def _defaults(r: Reader, node: Node) -> DefaultsConfig:
     m = r.mapping(node, "defaults", {"forward_to", "ring_timeout"}, required={"forward_to"})
     return DefaultsConfig(
-        forward_to=r.pattern(m["forward_to"], "defaults.forward_to", _DIAL, _DIAL_EXPECTED),
+        forward_to=r.pattern(m["forward_to"], "defaults.forward_to", DIAL, DIAL_EXPECTED),
         ring_timeout=r.integer(m.get("ring_timeout"), "defaults.ring_timeout", default=30,
                                low=1, high=600),
     )
@@ -220,7 +223,7 @@ def _channels(r: Reader, node: Node | None) -> dict[str, Channel]:
     if node is None:
         return channels
     for key_node, value in r.entries(node, "channels"):
-        key = r.pattern(key_node, "channels", _KEY,
+        key = r.pattern(key_node, "channels", KEY,
                         "a channel key of letters, digits, '_', '.', '-'")
         path = f"channels.{key}"
         m = r.mapping(value, path, {"source", "medium", "campaign", "label", "forward_to"},
@@ -231,7 +234,7 @@ def _channels(r: Reader, node: Node | None) -> dict[str, Channel]:
             source=r.text(m.get("source"), f"{path}.source", default=None),
             medium=r.text(m.get("medium"), f"{path}.medium", default=None),
             campaign=r.text(m.get("campaign"), f"{path}.campaign", default=None),
-            forward_to=(r.pattern(forward, f"{path}.forward_to", _DIAL, _DIAL_EXPECTED)
+            forward_to=(r.pattern(forward, f"{path}.forward_to", DIAL, DIAL_EXPECTED)
                         if forward is not None else None),
         )
     return channels
@@ -263,7 +266,7 @@ def _numbers(r: Reader, node: Node | None, channels: dict[str, Channel],
         forward = m.get("forward_to")
         numbers[did] = TrackingNumber(
             did=did, channel=channel,
-            forward_to=(r.pattern(forward, f"{path}.forward_to", _DIAL, _DIAL_EXPECTED)
+            forward_to=(r.pattern(forward, f"{path}.forward_to", DIAL, DIAL_EXPECTED)
                         if forward is not None else None))
     return numbers
 

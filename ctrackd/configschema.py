@@ -22,6 +22,12 @@ _TRUE = {"true", "yes", "on"}
 _FALSE = {"false", "no", "off"}
 _MISSING: Any = object()
 
+KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A Dial target lands inside Dial(${CTRACK_FORWARD},...): a comma would start
+# the next Dial argument, a newline would end the AGI command.
+DIAL = re.compile(r"^(Queue\([A-Za-z0-9_.-]+\)|[A-Za-z0-9]+/[^,\s()\"'\\]+)$")
+DIAL_EXPECTED = "a Dial string such as PJSIP/office or PJSIP/101&PJSIP/102, or Queue(name)"
+
 
 class Reader:
     """Reads values out of nodes; `fail` raises the caller's error class."""

@@ -106,3 +106,64 @@ def test_not_a_config_at_all(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+DYNAMIC = GOOD.replace("channels:\n", "channels:\n  yandex:\n    label: Яндекс.Директ\n") + """\
+pools:
+  site:
+    numbers: ["+74950000101", "84950000102"]
+    hold_seconds: 600
+    overflow: "+74950000199"
+    channel: google
+utm_rules:
+  - {source: yandex, medium: cpc, channel: yandex}
+web:
+  listen: "127.0.0.1:0"
+  origins: ["https://shop.example.com"]
+  replace: ["+7 (495) 123-45-67"]
+"""
+
+
+def test_dynamic_sections(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, DYNAMIC))
+    (pool,) = config.pools
+    assert pool.numbers == ("+74950000101", "+74950000102")
+    assert (pool.hold_seconds, pool.grace_seconds, pool.overflow) == (600, 3600, "+74950000199")
+    assert pool.channel == "google"
+    assert config.utm_rules[0].channel == "yandex" and config.utm_rules[0].source == "yandex"
+    assert config.web is not None
+    assert config.web.origins == ("https://shop.example.com",)
+    assert config.web.replace == ("+74951234567",)
+    assert (config.web.host, config.web.port, config.web.heartbeat_seconds) == ("127.0.0.1", 0, 30)
+
+
+def test_web_is_off_by_default(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).web is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('pools:\n  site:\n    numbers: ["+74950000001"]\n',
+     "pools.site.numbers: expected a number used once (it is +74950000001, already in numbers)"),
+    ('pools:\n  site:\n    numbers: []\n', "pools.site.numbers: expected a list of phone numbers"),
+    ('pools:\n  site:\n    numbers: ["+74950000101"]\n    overflow: everyone\n',
+     "pools.site.overflow: expected a phone number"),
+    ('pools:\n  site:\n    numbers: ["+74950000101"]\n    channel: nope\n',
+     "pools.site.channel: expected one of the channels (google), found 'nope'"),
+    ('pools:\n  a:\n    numbers: ["+74950000101"]\n  b:\n    numbers: ["84950000101"]\n',
+     "pools.b.numbers: expected a number used once (it is +74950000101, already in pools.a)"),
+    ('utm_rules:\n  - {source: yandex, channel: nope}\n',
+     "utm_rules[0].channel: expected one of the channels (google)"),
+    ('utm_rules:\n  - {channel: google}\n',
+     "utm_rules[0]: expected at least one of source, medium, campaign"),
+    ('web:\n  origins: ["shop.example.com"]\n  replace: ["+74951234567"]\n',
+     "web.origins: expected an origin such as https://example.com"),
+    ('web:\n  origins: ["https://a.ru"]\n', "web.replace: expected this required key"),
+    ('web:\n  origins: ["https://a.ru"]\n  replace: ["+74951234567"]\n  rate_limit: {burst: 0}\n',
+     "web.rate_limit.burst: expected a whole number from 1 to 100000, found 0"),
+])
+def test_bad_dynamic_sections(tmp_path: Path, extra: str, message: str) -> None:
+    path = write(tmp_path, GOOD + extra)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert message in str(raised.value), str(raised.value)
+    assert str(raised.value).startswith(f"{path}:")
