@@ -214,8 +214,9 @@ def row(store_path: Path, call_id: str = UNIQUEID) -> dict[str, Any] | None:
         conn.close()
 
 
-#: the channel's creation, as `${CDR(start,u)}` gives it (an epoch with microseconds)
-CHANNEL_START = "1795332111.565371"
+#: the channel's creation, as `${CDR(start,u)}` gives it (an epoch with microseconds):
+#: a second and a half before the script runs, as on the fallback path
+CHANNEL_START = f"{time.time() - 1.5:.6f}"
 
 
 def track(config_path: Path, **kwargs: object) -> AgiRun:

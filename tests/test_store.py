@@ -71,7 +71,9 @@ def test_migrate_from_empty_then_again(tmp_path: Path) -> None:
     assert schema.migrate(conn) == schema.LATEST_VERSION
     assert schema.migrate(conn) == schema.LATEST_VERSION  # idempotent
     columns = {r[1] for r in conn.execute("PRAGMA table_info(calls)")}
-    expected = ({f.name for f in dataclasses.fields(Attribution)}
+    # the session's fields are one JSON column
+    attribution_columns = {f.name for f in dataclasses.fields(Attribution)} - {"session"}
+    expected = (attribution_columns | {"session_json"}
                 | {f.name for f in dataclasses.fields(CallProgress)} | {"created_at", "updated_at"})
     assert columns == expected
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -147,8 +149,9 @@ def test_progress_never_clobbers_attribution(tmp_path: Path) -> None:
     queries.save_progress(conn, [progress(answered_after=5, ended_after=30)])
     after = row(tmp_path / "calls.sqlite3", "1700.1")
     for field in dataclasses.fields(Attribution):
-        if field.name != "started_at":
-            assert after[field.name] == before[field.name], field.name
+        column = "session_json" if field.name == "session" else field.name
+        if column != "started_at":
+            assert after[column] == before[column], column
     assert after["status"] == "answered" and after["ended_at"] == T0 + 30
 
 
@@ -414,3 +417,21 @@ async def test_wal_is_checkpointed_off_the_commit_path(tmp_path: Path,
     assert path.stat().st_size > empty_size       # checkpointed into the database file
     assert store.checkpoint_errors == 0
     await store.close()
+
+
+def test_upgrade_from_version_1_keeps_the_calls(tmp_path: Path) -> None:
+    """A store written by the first release gains the dynamic-tracking columns, calls intact."""
+    path = tmp_path / "calls.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(schema.MIGRATIONS[0][1])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO calls (call_id, started_at, tracking, channel, status, created_at,"
+                 " updated_at) VALUES ('old.1', 1.0, 'static', 'google', 'answered', 1.0, 1.0)")
+    conn.commit()
+    assert schema.migrate(conn) == schema.LATEST_VERSION
+    old = conn.execute("SELECT channel, status, pool, confidence, session_json FROM calls"
+                       " WHERE call_id = 'old.1'").fetchone()
+    assert old == ("google", "answered", None, None, None)
+    conn.close()
+    (call,) = queries.list_calls(queries.connect(path, readonly=True))
+    assert (call["channel"], call["session"], call["confidence"]) == ("google", None, None)

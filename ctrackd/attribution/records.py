@@ -9,8 +9,10 @@ so neither can clobber the other whatever order they arrive in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class CallStatus(StrEnum):
@@ -34,6 +36,7 @@ MISSED_STATUSES = frozenset({CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.A
 
 class Tracking(StrEnum):
     STATIC = "static"        # attributed by the daemon from the dialled number
+    DYNAMIC = "dynamic"      # a pool number: attributed to the web session holding it
     FALLBACK = "fallback"    # attributed by ctrackd-agi while the daemon was unreachable
     UNTRACKED = "untracked"  # seen on AMI only (no attribution reached the store)
 
@@ -57,6 +60,11 @@ class Attribution:
     ring_timeout: int
     recording_path: str | None
     note: str | None = None
+    # dynamic tracking (a pool number): which pool, whose session, how sure
+    pool: str | None = None
+    session_id: str | None = None
+    confidence: str | None = None            # exact, shared, expired, none
+    session: Mapping[str, Any] | None = None  # the session's fields (UTM, click ids, ...)
 
 
 @dataclass(slots=True)

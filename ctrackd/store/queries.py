@@ -39,10 +39,10 @@ _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 UPSERT_ATTRIBUTION = f"""
 INSERT INTO calls (call_id, started_at, did, caller, caller_name, tracking, channel, source,
                    medium, campaign, label, forward_to, ring_timeout, recording_path, note,
-                   created_at, updated_at)
+                   pool, session_id, confidence, session_json, created_at, updated_at)
 VALUES (:call_id, :started_at, :did, :caller, :caller_name, :tracking, :channel, :source,
         :medium, :campaign, :label, :forward_to, :ring_timeout, :recording_path, :note,
-        {_NOW}, {_NOW})
+        :pool, :session_id, :confidence, :session_json, {_NOW}, {_NOW})
 ON CONFLICT (call_id) DO UPDATE SET
     started_at = COALESCE(calls.started_at, excluded.started_at),
     did = COALESCE(excluded.did, calls.did), caller = COALESCE(excluded.caller, calls.caller),
@@ -50,7 +50,9 @@ ON CONFLICT (call_id) DO UPDATE SET
     channel = excluded.channel, source = excluded.source, medium = excluded.medium,
     campaign = excluded.campaign, label = excluded.label, forward_to = excluded.forward_to,
     ring_timeout = excluded.ring_timeout, recording_path = excluded.recording_path,
-    note = excluded.note, updated_at = excluded.updated_at
+    note = excluded.note, pool = excluded.pool, session_id = excluded.session_id,
+    confidence = excluded.confidence, session_json = excluded.session_json,
+    updated_at = excluded.updated_at
 """
 
 UPSERT_PROGRESS = f"""
@@ -106,9 +108,9 @@ SELECT_OPEN_PROGRESS = SELECT_PROGRESS + " WHERE ended_at IS NULL ORDER BY start
 CALL_FIELDS = ("call_id", "started_at", "did", "caller", "channel", "source", "medium", "campaign",
                "status", "ring_seconds", "talk_seconds", "duration_seconds", "answered_by",
                "hangup_cause", "recording", "tracking", "label", "caller_name", "forward_to",
-               "ended_at", "note", "close_reason")
-_CALL_COLUMNS = tuple(f for f in CALL_FIELDS if f != "recording") + ("recording_path",
-                                                                       "answered_at")
+               "ended_at", "note", "close_reason", "pool", "confidence", "session")
+_CALL_COLUMNS = tuple(f for f in CALL_FIELDS if f not in ("recording", "session")) + (
+    "recording_path", "answered_at", "session_json")
 _SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM calls"
 
 #: what `list_calls(status=...)` accepts
@@ -172,8 +174,10 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def attribution_params(a: Attribution) -> dict[str, Any]:
-    params = {f.name: getattr(a, f.name) for f in fields(Attribution)}
+    params = {f.name: getattr(a, f.name) for f in fields(Attribution) if f.name != "session"}
     params["tracking"] = a.tracking.value
+    params["session_json"] = (json.dumps(dict(a.session), ensure_ascii=False)
+                              if a.session is not None else None)
     return params
 
 
@@ -194,6 +198,7 @@ def call_from_row(row: Sequence[Any]) -> dict[str, Any]:
     values = dict(zip(_CALL_COLUMNS, row))
     answered = values["answered_at"] is not None or values["status"] == CallStatus.ANSWERED
     values["recording"] = values["recording_path"] if answered else None
+    values["session"] = json.loads(values["session_json"]) if values["session_json"] else None
     values["started_at"] = iso_utc(values["started_at"])
     values["ended_at"] = iso_utc(values["ended_at"])
     return {name: values[name] for name in CALL_FIELDS}

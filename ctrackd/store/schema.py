@@ -73,6 +73,30 @@ MIGRATIONS: list[tuple[int, str]] = [
     -- `ctrackd calls --follow` polls for what changed in the last seconds.
     CREATE INDEX calls_updated_at ON calls (updated_at);
     """),
+    (2, """
+    -- Dynamic tracking: the pool a call's number belongs to, the web session
+    -- that held it and how sure that is; the session's fields as JSON.
+    ALTER TABLE calls ADD COLUMN pool TEXT;
+    ALTER TABLE calls ADD COLUMN session_id TEXT;
+    ALTER TABLE calls ADD COLUMN confidence TEXT;
+    ALTER TABLE calls ADD COLUMN session_json TEXT;
+    -- `ctrackd pools`: the share of exact calls per pool and period.
+    CREATE INDEX calls_pool ON calls (pool, started_at) WHERE pool IS NOT NULL;
+    -- Pool usage, one row per pool and time bucket (the daemon upserts the
+    -- bucket in progress every minute), read by `ctrackd pools`.
+    CREATE TABLE pool_usage (
+        pool           TEXT NOT NULL,
+        start          REAL NOT NULL,            -- bucket start, epoch seconds
+        width          REAL NOT NULL,            -- seconds
+        held_seconds   REAL NOT NULL,
+        demand_seconds REAL NOT NULL,
+        peak_held      INTEGER NOT NULL,
+        peak_demand    INTEGER NOT NULL,
+        leases         INTEGER NOT NULL,
+        overflows      INTEGER NOT NULL,
+        PRIMARY KEY (pool, start)
+    );
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
