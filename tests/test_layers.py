@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "ctrackd"
 ADAPTERS = {"agi", "ami", "store", "web"}
 # Leaf modules any adapter may use: they import no adapter themselves.
-SHARED = {"variables", "logs", "config", "configschema"}
+SHARED = {"variables", "logs", "config", "configschema", "configdynamic"}
 IO_MODULES = {"asyncio", "aiosqlite", "sqlite3", "panoramisk", "structlog", "aiohttp", "socket",
               "logging", "os", "time"}
 

@@ -1,5 +1,7 @@
 """FastAGI routes: the `track` script, and the table the server routes by.
 
+`track` serves static numbers and pool numbers alike (attribute_call decides).
+
 `track` is on the call's path: every millisecond here is post-dial delay the
 caller hears as silence. So it does three things and no more: ask the core,
 make the record durable (a crash afterwards cannot lose the call), and send
@@ -17,7 +19,9 @@ import structlog
 
 from ctrackd.agi.commands import exec_mset
 from ctrackd.agi.protocol import AgiChannel
-from ctrackd.attribution.plan import StaticPlan, attribute_static, fallback_attribution
+from ctrackd.attribution.attribute import attribute_call
+from ctrackd.attribution.dynamic import DynamicPlan
+from ctrackd.attribution.plan import StaticPlan, fallback_attribution
 from ctrackd.attribution.records import Attribution
 from ctrackd.logs import mask_number
 from ctrackd.variables import channel_variables
@@ -37,9 +41,12 @@ class TrackRoute:
     """`AGI(agi://host:port/track)`: static attribution of an inbound call."""
 
     def __init__(self, plan: Callable[[], StaticPlan], save: SaveAttribution,
-                 clock: Callable[[], float] = time.time) -> None:
-        # `plan` is read per call so that a SIGHUP reload applies to the next call.
+                 clock: Callable[[], float] = time.time,
+                 dynamic: Callable[[], DynamicPlan | None] = lambda: None) -> None:
+        # `plan` and `dynamic` are read per call so that a SIGHUP reload applies
+        # to the next call.
         self._plan = plan
+        self._dynamic = dynamic
         self._save = save
         self._clock = clock
 
@@ -66,9 +73,10 @@ class TrackRoute:
         did = _env(channel, "agi_extension") or _env(channel, "agi_dnid")
         caller_name = _env(channel, "agi_calleridname")
         try:
-            return attribute_static(
-                plan, call_id=call_id, did=did, caller=_env(channel, "agi_callerid"),
-                caller_name=caller_name, now=self._clock())
+            return attribute_call(
+                plan, self._dynamic(), call_id=call_id, did=did,
+                caller=_env(channel, "agi_callerid"), caller_name=caller_name,
+                now=self._clock())
         except Exception as exc:  # a bug of ours must not cost the call
             log.exception("call_attribution_failed", did=did)
             return fallback_attribution(plan, call_id=call_id, did=did, caller=None,

@@ -1,0 +1,58 @@
+"""The one entry point of attribution: a call on a number, static or from a pool.
+
+The FastAGI route calls `attribute_call` and nothing else, so a number moved
+from `numbers:` to a pool changes no adapter. A pool number is attributed to
+the web session that held it when the call arrived (dynamic.py decides who
+and how sure); everything else is static (plan.py).
+"""
+
+from __future__ import annotations
+
+from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call, call_channel
+from ctrackd.attribution.numbers import normalise_number
+from ctrackd.attribution.plan import StaticPlan, attribute_static, recording_path
+from ctrackd.attribution.pools import Confidence
+from ctrackd.attribution.records import Attribution, Tracking
+from ctrackd.attribution.sessions import session_fields
+
+
+def attribute_call(static: StaticPlan, dynamic: DynamicPlan | None, *, call_id: str,
+                   did: str | None, caller: str | None, caller_name: str | None,
+                   now: float) -> Attribution:
+    did_e164 = normalise_number(did, static.region)
+    if dynamic is not None and did_e164 is not None and did_e164 in dynamic.by_number:
+        return _attribute_pool_number(static, dynamic, call_id=call_id, did=did_e164,
+                                      caller=caller, caller_name=caller_name, now=now)
+    return attribute_static(static, call_id=call_id, did=did, caller=caller,
+                            caller_name=caller_name, now=now)
+
+
+def _attribute_pool_number(static: StaticPlan, dynamic: DynamicPlan, *, call_id: str, did: str,
+                           caller: str | None, caller_name: str | None,
+                           now: float) -> Attribution:
+    session, confidence = attribute_pool_call(dynamic, did, now)
+    spec = dynamic.pool_of(did)
+    assert spec is not None  # did is in by_number
+    key = call_channel(dynamic, did, session)
+    channel = static.channels.get(key) if key else None
+    # The visit's own UTM tags describe this call better than the channel's
+    # defaults (a "google" channel covers many campaigns).
+    source = (session.source if session else None) or (channel.source if channel else None)
+    medium = (session.medium if session else None) or (channel.medium if channel else None)
+    campaign = ((session.campaign if session else None)
+                or (channel.campaign if channel else None))
+    static_attribution = attribute_static(static, call_id=call_id, did=did, caller=caller,
+                                          caller_name=caller_name, now=now)
+    return Attribution(
+        call_id=call_id, started_at=now, did=did, caller=static_attribution.caller,
+        caller_name=static_attribution.caller_name, tracking=Tracking.DYNAMIC,
+        channel=channel.key if channel else None, source=source, medium=medium,
+        campaign=campaign, label=channel.label if channel else spec.name,
+        forward_to=(spec.forward_to or (channel.forward_to if channel else None)
+                    or static.default_forward),
+        ring_timeout=static.default_ring_timeout, recording_path=recording_path(static, call_id),
+        note=None if session is not None else "no_session",
+        pool=spec.name, session_id=session.session_id if session else None,
+        confidence=confidence.value if session is not None else Confidence.NONE.value,
+        session=session_fields(session) if session is not None else None,
+    )

@@ -1,0 +1,82 @@
+"""attribute_call: one entry point for static and pool numbers (tables, clock passed in)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from ctrackd.attribution.attribute import attribute_call
+from ctrackd.attribution.dynamic import DynamicPlan
+from ctrackd.attribution.plan import Channel, StaticPlan, TrackingNumber
+from ctrackd.attribution.pools import PoolSpec
+from ctrackd.attribution.records import Tracking
+from ctrackd.attribution.sessions import UtmRule, normalise_visit
+
+STATIC = StaticPlan(
+    channels={
+        "google": Channel(key="google", label="Google Ads", source="google", medium="cpc"),
+        "yandex": Channel(key="yandex", label="Яндекс.Директ", source="yandex", medium="cpc",
+                          forward_to="PJSIP/sales"),
+        "site": Channel(key="site", label="Website", source="site", medium="organic"),
+    },
+    numbers={"+74950000001": TrackingNumber(did="+74950000001", channel="google")},
+    default_forward="PJSIP/office", default_ring_timeout=20, region="RU",
+    recordings_dir="/rec")
+
+
+def plan(**spec: object) -> DynamicPlan:
+    counter = itertools.count(1)
+    # no channel: the default pool, serving every visitor (a channel would
+    # restrict it to the sessions of that channel)
+    pool = PoolSpec(name="web", numbers=("+74950000101", "+74950000102"),
+                    **spec)  # type: ignore[arg-type]
+    return DynamicPlan([pool], [UtmRule(channel="yandex", source="yandex")],
+                       new_session_id=lambda: f"s{next(counter)}")
+
+
+def call(dynamic: DynamicPlan | None, did: str, at: float):
+    return attribute_call(STATIC, dynamic, call_id="c1", did=did, caller="89161234567",
+                          caller_name="Иван", now=at)
+
+
+def test_static_numbers_stay_static_with_pools_configured() -> None:
+    a = call(plan(), "74950000001", 100.0)
+    assert (a.tracking, a.channel, a.pool, a.confidence, a.session) == (
+        Tracking.STATIC, "google", None, None, None)
+
+
+def test_pool_call_gets_the_session_that_holds_the_number() -> None:
+    dynamic = plan()
+    session, lease = dynamic.start_session(normalise_visit({
+        "visitor_id": "v-1", "page": "https://shop.ru/?utm_source=yandex&utm_medium=cpc"
+        "&utm_campaign=winter&utm_term=boots&yclid=123"}), 50.0)
+    a = call(dynamic, lease.number, 120.0)
+    assert (a.tracking, a.pool, a.session_id, a.confidence) == (
+        Tracking.DYNAMIC, "web", session.session_id, "exact")
+    assert (a.channel, a.label, a.forward_to) == ("yandex", "Яндекс.Директ", "PJSIP/sales")
+    assert (a.source, a.medium, a.campaign) == ("yandex", "cpc", "winter")
+    assert a.session["utm_term"] == "boots" and a.session["yclid"] == "123"
+    assert a.caller == "+79161234567" and a.recording_path == "/rec/ctrackd-c1.wav"
+
+
+def test_pool_call_in_grace_is_expired_and_after_grace_none() -> None:
+    dynamic = plan(hold_seconds=60, grace_seconds=600)
+    _, lease = dynamic.start_session(normalise_visit({"visitor_id": "v-2"}), 0.0)
+    assert call(dynamic, lease.number, 30.0).confidence == "exact"
+    assert call(dynamic, lease.number, 300.0).confidence == "expired"
+    late = call(dynamic, lease.number, 5000.0)
+    assert (late.confidence, late.session, late.note) == ("none", None, "no_session")
+    assert (late.channel, late.label, late.forward_to) == (None, "web", "PJSIP/office")
+
+
+def test_pool_number_nobody_ever_held() -> None:
+    a = call(plan(), "+74950000102", 10.0)
+    assert (a.tracking, a.confidence, a.note, a.channel) == (
+        Tracking.DYNAMIC, "none", "no_session", None)
+
+
+@pytest.mark.parametrize("dynamic", [None])
+def test_without_pools_a_pool_like_number_is_just_unknown(dynamic: None) -> None:
+    a = call(dynamic, "+74950000101", 10.0)
+    assert (a.tracking, a.note) == (Tracking.STATIC, "unknown_did")
