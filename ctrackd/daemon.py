@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -28,6 +29,7 @@ from ctrackd.agi.server import AgiServer
 from ctrackd.ami.connection import AmiConnection
 from ctrackd.ami.consumer import AmiConsumer
 from ctrackd.ami.translate import wanted
+from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.plan import StaticPlan
 from ctrackd.attribution.records import CallProgress
 from ctrackd.attribution.tracker import CallTracker
@@ -35,17 +37,32 @@ from ctrackd.config import Config, ConfigError, load_config
 from ctrackd.logs import configure_logging, mask_number
 from ctrackd.store.database import Store
 from ctrackd.systemd import SystemdNotifier
+from ctrackd.web.server import WebServer
 
 log = structlog.get_logger("ctrackd")
 
 #: settings a reload cannot change in a running daemon (they need a restart)
-_RESTART_ONLY = ("ami", "agi", "store")
+_RESTART_ONLY = ("ami", "agi", "store", "web")
+#: seconds between pool housekeeping rounds (expiry, usage written to the store)
+POOL_TICK = 60.0
+
+
+def build_dynamic(config: Config) -> DynamicPlan | None:
+    """The pools and UTM rules of the config as a live plan (None without pools).
+
+    Session ids are unguessable: whoever knows one can keep its number held.
+    """
+    if not config.pools:
+        return None
+    return DynamicPlan(config.pools, config.utm_rules,
+                       new_session_id=lambda: secrets.token_urlsafe(16))
 
 
 class Daemon:
     def __init__(self, config: Config, *, stop_grace: float = 5.0) -> None:
         self.config = config
         self._plan: StaticPlan = config.static_plan()
+        self.dynamic: DynamicPlan | None = build_dynamic(config)
         self._stop_grace = stop_grace
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -56,6 +73,8 @@ class Daemon:
         self.consumer: AmiConsumer | None = None
         self.tracker: CallTracker | None = None
         self.agi_address: tuple[str, int] | None = None
+        self.web: WebServer | None = None
+        self.web_address: tuple[str, int] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -76,12 +95,18 @@ class Daemon:
         self.consumer = AmiConsumer(
             queue=queue, tracker=self.tracker, save_progress=self.store.save_progress,
             request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished)
-        track = TrackRoute(plan=lambda: self._plan, save=self.store.save_attribution)
+        track = TrackRoute(plan=lambda: self._plan, save=self.store.save_attribution,
+                           dynamic=lambda: self.dynamic)
         self.agi = AgiServer(build_routes(track), host=cfg.agi.host, port=cfg.agi.port,
                              max_sessions=cfg.agi.max_sessions,
                              session_timeout=cfg.agi.session_timeout,
                              env_timeout=cfg.agi.env_timeout)
         self.agi_address = await self.agi.start()
+        if cfg.web is not None:
+            self.web = WebServer(cfg.web, lambda: self.dynamic)
+            self.web_address = await self.web.start()
+        if self.dynamic is not None:
+            self._watch(asyncio.create_task(self._pool_housekeeping(), name="pools"))
         self._watch(asyncio.create_task(self.consumer.run(), name="ami-consumer"))
         await self.ami.start()
         self._watch(asyncio.create_task(self.ami.wait_closed(), name="ami-link"))
@@ -102,6 +127,8 @@ class Daemon:
     async def stop(self) -> None:
         self._stopping.set()  # from here on, tasks ending is expected, not fatal
         started = time.monotonic()
+        if self.web is not None:
+            await self.web.stop()
         cancelled = await self.agi.stop(self._stop_grace) if self.agi else 0
         if self.ami is not None:
             await self.ami.stop()
@@ -111,6 +138,8 @@ class Daemon:
         if self.consumer is not None:
             await self.consumer.drain()
         if self.store is not None:
+            if self.dynamic is not None:
+                await self._save_pool_usage()
             await self.store.close()
         log.info("daemon_stopped", agi_sessions_cancelled=cancelled,
                  seconds=round(time.monotonic() - started, 3))
@@ -126,12 +155,47 @@ class Daemon:
                    if getattr(new, name) != getattr(self.config, name)]
         if ignored:
             log.warning("config_needs_restart", sections=ignored)
+        if (new.pools, new.utm_rules) != (self.config.pools, self.config.utm_rules):
+            # A new plan forgets every lease: pages get a new number at their
+            # next heartbeat, and calls in progress lose their session.
+            log.warning("pools_rebuilt", pools=[p.name for p in new.pools])
+            self.dynamic = build_dynamic(new)
         self.config = new
         self._plan = new.static_plan()
         log.info("config_reloaded", numbers=len(new.numbers), channels=len(new.channels))
         return True
 
     # -- internals -------------------------------------------------------------
+
+    async def _pool_housekeeping(self) -> None:
+        """Expire idle sessions (memory stays bounded at night) and persist pool usage."""
+        while True:
+            await asyncio.sleep(POOL_TICK)
+            if self.dynamic is not None:
+                self.dynamic.expire(time.time())
+            await self._save_pool_usage()
+
+    async def _save_pool_usage(self) -> None:
+        """The current and previous usage buckets of every pool, for `ctrackd pools`."""
+        assert self.store is not None
+        plan, now = self.dynamic, time.time()
+        if plan is None:
+            return
+        rows = []
+        for name, pool in plan.pools.items():
+            usage = pool.usage
+            if usage is None:
+                continue
+            for bucket in usage.snapshot(now, since=now - 2 * usage.width):
+                rows.append({"pool": name, "start": bucket.start, "width": usage.width,
+                             "held_seconds": bucket.held_seconds,
+                             "demand_seconds": bucket.demand_seconds,
+                             "peak_held": bucket.peak_held, "peak_demand": bucket.peak_demand,
+                             "leases": bucket.leases, "overflows": bucket.overflows})
+        try:
+            await self.store.save_pool_usage(rows)
+        except Exception as exc:  # usage figures are worth a retry, never the daemon
+            log.error("pool_usage_save_failed", error=repr(exc))
 
     async def _request_snapshot(self) -> list[Any]:
         assert self.ami is not None

@@ -99,6 +99,11 @@ class Store:
         if rows:
             await self._submit(queries.UPSERT_PROGRESS, rows)
 
+    async def save_pool_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Usage buckets of the pools (`queries.UPSERT_POOL_USAGE` columns)."""
+        if rows:
+            await self._submit(queries.UPSERT_POOL_USAGE, rows)
+
     async def open_calls(self) -> list[CallProgress]:
         async with self._lock:
             rows = await self._db.execute_fetchall(queries.SELECT_OPEN_PROGRESS)
