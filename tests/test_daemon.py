@@ -7,6 +7,7 @@ real call, then that same call's AMI stream, byte for byte, through FakeAmi.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -179,3 +180,42 @@ async def test_reconnect_closes_calls_that_ended_unseen(daemon: Daemon, ami: Fak
     await wait_for(lambda: rows(daemon)["3.1"]["ended_at"] is not None)
     record = rows(daemon)["3.1"]
     assert (record["status"], record["close_reason"]) == ("unknown", "gone_after_reconnect")
+
+
+async def test_pool_call_is_attributed_to_the_web_session(tmp_path: Path, ami: FakeAmi) -> None:
+    """A visitor asks the daemon's web side for a number, then calls it: the record is theirs."""
+    import aiohttp
+
+    path = tmp_path / "ctrackd.yaml"
+    path.write_text(CONFIG.format(ami_port=ami.port) + """\
+pools:
+  site:
+    numbers: ["+74950000101", "+74950000102"]
+web:
+  listen: "127.0.0.1:0"
+  origins: ["https://shop.example.com"]
+  replace: ["+74951234567"]
+""", encoding="utf-8")
+    running = Daemon(load_config(path), stop_grace=1.0)
+    await running.start()
+    try:
+        host, port = running.web_address
+        async with aiohttp.ClientSession(headers={"Origin": "https://shop.example.com"}) as http:
+            async with http.post(f"http://{host}:{port}/v1/sessions", json={
+                    "visitor_id": "visitor-1",
+                    "page": "https://shop.example.com/?utm_source=yandex&utm_medium=cpc"
+                            "&utm_campaign=winter&gclid=abc"}) as response:
+                number = (await response.json())["number"]
+        commands = await agi_track(running.agi_address[1], environment("9.1", number[1:]))
+        variables = mset_variables(commands[0])
+        assert variables["CTRACK_TRACKING"] == "dynamic"
+        assert variables["CTRACK_SOURCE"] == "yandex"
+        record = rows(running)["9.1"]
+        assert (record["tracking"], record["pool"], record["confidence"]) == (
+            "dynamic", "site", "exact")
+        assert (record["source"], record["medium"], record["campaign"]) == (
+            "yandex", "cpc", "winter")
+        session = json.loads(record["session_json"])
+        assert session["gclid"] == "abc" and session["visitor_id"] == "visitor-1"
+    finally:
+        await running.stop()
