@@ -231,6 +231,24 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pools -----------------------------------------------------------------------
+
+def pools_command(args: argparse.Namespace) -> int:
+    from ctrackd.pools_command import pools_rows, print_pools
+    config = load_config(args.config)
+    if not config.pools:
+        raise CliError(f"{args.config} has no pools: dynamic tracking is not set up")
+    with _reading(config.store.path) as conn:
+        rows = pools_rows(config, conn, args.since, args.until)
+    print_pools(rows, args.format, _width())
+    return 0
+
+
+def _pools_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.pools_command import pools_arguments
+    pools_arguments(p, _range_arguments, _format_argument)
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("run the daemon (FastAGI + AMI), as systemd does", lambda p: None,
                    run_command),
@@ -239,6 +257,9 @@ COMMANDS: dict[str, Command] = {
     "calls": Command("list calls, newest first", calls_arguments, calls_command),
     "report": Command("calls, answered, missed, answer rate, ring and talk times per channel"
                       " or per day", report_arguments, report_command),
+    "pools": Command("number pools: size, peak, utilisation, overflows, exact share and the"
+                     " advised size (default: the last 7 days)", _pools_arguments,
+                     pools_command),
 }
 
 
