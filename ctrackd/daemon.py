@@ -20,6 +20,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -31,7 +32,8 @@ from ctrackd.ami.consumer import AmiConsumer
 from ctrackd.ami.translate import wanted
 from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.plan import StaticPlan
-from ctrackd.attribution.records import CallProgress
+from ctrackd.attribution.events import CallAttributed
+from ctrackd.attribution.records import Attribution, CallProgress
 from ctrackd.attribution.tracker import CallTracker
 from ctrackd.config import Config, ConfigError, load_config
 from ctrackd.logs import configure_logging, mask_number
@@ -95,7 +97,7 @@ class Daemon:
         self.consumer = AmiConsumer(
             queue=queue, tracker=self.tracker, save_progress=self.store.save_progress,
             request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished)
-        track = TrackRoute(plan=lambda: self._plan, save=self.store.save_attribution,
+        track = TrackRoute(plan=lambda: self._plan, save=self._saver(queue),
                            dynamic=lambda: self.dynamic)
         self.agi = AgiServer(build_routes(track), host=cfg.agi.host, port=cfg.agi.port,
                              max_sessions=cfg.agi.max_sessions,
@@ -166,6 +168,23 @@ class Daemon:
         return True
 
     # -- internals -------------------------------------------------------------
+
+    def _saver(self, queue: asyncio.Queue[Any]) -> Callable[[Attribution], Awaitable[None]]:
+        """The AGI route's save: the record, then word to the tracker (in AMI order).
+
+        The tracker then knows the call even if AMI never shows it (down,
+        reconnecting): a resync can judge it and nothing stays open forever.
+        """
+        store = self.store
+        assert store is not None
+
+        async def save(attribution: Attribution) -> None:
+            try:
+                await store.save_attribution(attribution)
+            finally:
+                queue.put_nowait(CallAttributed(ts=attribution.started_at,
+                                                call_id=attribution.call_id))
+        return save
 
     async def _pool_housekeeping(self) -> None:
         """Expire idle sessions (memory stays bounded at night) and persist pool usage."""

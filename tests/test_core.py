@@ -9,9 +9,11 @@ import pytest
 from ctrackd.attribution.events import (
     AsteriskShutdown,
     BridgeEntered,
+    CallAttributed,
     ChannelCreated,
     ChannelHungUp,
     ChannelsListed,
+    ListedChannel,
     DialBegan,
     DialEnded,
     DialStatusSet,
@@ -250,13 +252,15 @@ def test_snapshot_closes_only_calls_known_before_the_question() -> None:
     known = tracker.known_calls()
     tracker.apply(DialBegan(ts=4.0, leg=Leg("new", "new", "PJSIP/t-1", "new"),
                             dest_uniqueid="new.2", dest_channel="PJSIP/101-2", dial_string="101"))
-    closed = tracker.apply(ChannelsListed(ts=9.0, legs=(Leg("x.1", "live", "PJSIP/101-9"),),
-                                          known_before=known))
+    closed = tracker.apply(ChannelsListed(
+        ts=9.0, channels=(ListedChannel(Leg("x.1", "live", "PJSIP/101-9")),), known_before=known))
     by_id = {p.call_id: p for p in closed}
     assert set(by_id) == {"gone", "gone-answered"}
     assert by_id["gone"].status == CallStatus.UNKNOWN
     assert by_id["gone-answered"].status == CallStatus.ANSWERED
-    assert by_id["gone-answered"].talk_seconds == 6.0
+    # the end was not seen: no made-up durations
+    assert by_id["gone-answered"].talk_seconds is None
+    assert by_id["gone-answered"].duration_seconds is None
     assert {p.close_reason for p in closed} == {"gone_after_reconnect"}
     assert tracker.known_calls() == {"live", "new"}
 
@@ -276,3 +280,55 @@ def test_untagged_destination_leg_is_linked_through_dial_begin() -> None:
         BridgeEntered(ts=11.0, leg=phone(2, tagged=False), bridge_id="b"),
     ])
     assert out[-1].status == CallStatus.ANSWERED and out[-1].answered_by == "PJSIP/102"
+
+
+def test_attribution_first_then_newchannel_keeps_the_channels_start() -> None:
+    """The AGI's CallAttributed can overtake the Newchannel in the queue."""
+    tracker, out = run([
+        CallAttributed(ts=10.4, call_id=CALL),
+        *start(ts=10.0),
+        DialEnded(11.0, IN, "1000.2", "PJSIP/102-1", "BUSY"),
+        ChannelHungUp(ts=12.0, leg=IN, cause=17, cause_txt="User busy"),
+    ])
+    final = out[-1]
+    assert (final.started_at, final.did, final.status) == (10.0, "+74950000001", "busy")
+    assert final.duration_seconds == 2.0
+
+
+def test_an_attributed_call_that_ami_never_shows_is_judged_by_a_resync() -> None:
+    tracker = CallTracker()
+    tracker.apply(CallAttributed(ts=5.0, call_id="never-seen"))
+    closed = tracker.apply(ChannelsListed(ts=50.0, channels=(),
+                                          known_before=tracker.known_calls()))
+    assert [(p.call_id, p.status, p.close_reason, p.duration_seconds) for p in closed] == [
+        ("never-seen", "unknown", "gone_after_reconnect", None)]
+
+
+def test_ring_group_busy_member_then_caller_leaves_is_abandoned() -> None:
+    """app_dial sends DialEnd BUSY for one member while another still rings."""
+    _, out = run(start() + [
+        DialBegan(10.1, IN, "1000.2", "PJSIP/102-1", "102"),
+        DialBegan(10.1, IN, "1000.3", "PJSIP/103-1", "103"),
+        DialEnded(10.5, IN, "1000.2", "PJSIP/102-1", "BUSY"),
+        HangupRequested(12.0, IN, 16),
+        DialEnded(12.0, IN, "1000.3", "PJSIP/103-1", "CANCEL"),
+        ChannelHungUp(ts=12.0, leg=IN, cause=16, cause_txt=None),
+    ])
+    assert out[-1].status == CallStatus.ABANDONED
+
+
+def test_a_call_joined_mid_way_with_no_outcome_is_unknown() -> None:
+    """First seen after a restart, no record: its hang-up alone does not tell a missed call."""
+    _, out = run([ChannelHungUp(ts=12.0, leg=IN, cause=16, cause_txt=None)])
+    assert out[-1].status == CallStatus.UNKNOWN
+
+
+def test_snapshot_takes_in_a_call_answered_while_we_were_away() -> None:
+    tracker = CallTracker()
+    changed = tracker.apply(ChannelsListed(ts=20.0, known_before=frozenset(), channels=(
+        ListedChannel(Leg(CALL, CALL, "PJSIP/trunk-1", CALL), "Up", "bridge-1"),
+        ListedChannel(Leg("1000.2", CALL, "PJSIP/101-00000002", CALL), "Up", "bridge-1"))))
+    assert [(p.status, p.answered_by, p.answered_at) for p in changed] == [
+        ("answered", "PJSIP/101", 20.0)]
+    (final,) = tracker.apply(ChannelHungUp(ts=30.0, leg=IN, cause=16, cause_txt=None))
+    assert (final.status, final.talk_seconds) == ("answered", 10.0)  # at least this long

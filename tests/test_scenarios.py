@@ -17,7 +17,7 @@ import pytest
 from panoramisk.message import Message
 
 from ctrackd.ami.translate import leg_of, translate, wanted
-from ctrackd.attribution.events import ChannelsListed
+from ctrackd.attribution.events import ChannelsListed, ListedChannel
 from ctrackd.attribution.records import CallProgress, CallStatus
 from ctrackd.attribution.tracker import CallTracker
 from tests.conftest import CAPTURES
@@ -55,9 +55,11 @@ def replay(path: Path, tracker: CallTracker | None = None, *,
             listed.append(message)
             continue
         if event_name == "CoreShowChannelsComplete":
-            legs = tuple(leg for m in listed if (leg := leg_of(m)) is not None)
+            channels = tuple(ListedChannel(leg, str(m.get("ChannelStateDesc")),
+                                           m.get("BridgeId") or None)
+                             for m in listed if (leg := leg_of(m)) is not None)
             # CoreShowChannel carries no Timestamp (README of the captures)
-            event = ChannelsListed(ts=0.0, legs=legs, known_before=known)
+            event = ChannelsListed(ts=0.0, channels=channels, known_before=known)
             for progress in tracker.apply(event):
                 records[progress.call_id] = progress
             continue
@@ -207,3 +209,21 @@ def test_the_prefilter_drops_nothing_the_tracker_needs(captures: Path, name: str
     everything = replay(path, tracker_all)
     assert everything, name
     assert replay(path, tracker_filtered, filtered=True) == everything
+
+
+@pytest.mark.parametrize("message", [
+    {"Event": "DialEnd", "Uniqueid": ["a", "b"], "DestUniqueid": "c", "DialStatus": "ANSWER"},
+    {"Event": "DialBegin", "Uniqueid": "a", "DestUniqueid": ["c", "d"],
+     "ChanVariable": "CTRACK_CALL_ID=a"},
+    {"Event": "DialEnd", "Uniqueid": "a", "DestUniqueid": "c", "DialStatus": ["BUSY", "X"],
+     "ChanVariable": "CTRACK_CALL_ID=a"},
+    {"Event": ["Hangup", "Hangup"], "Uniqueid": "a"},
+    {"Event": "Hangup", "Uniqueid": "a", "Timestamp": "nan", "ChanVariable": "CTRACK_CALL_ID=a"},
+    {"Event": "Hangup", "Uniqueid": "a", "Timestamp": "inf", "Cause": ["16", "17"],
+     "ChanVariable": ["CTRACK_CALL_ID=a", 5]},
+])
+def test_hostile_messages_translate_to_nothing_or_sane_events(message: dict) -> None:
+    event = translate(message, received_at=1000.0)
+    if event is not None:
+        assert event.ts == 1000.0  # never nan/inf: the record's times stay numbers
+        CallTracker().apply(event)  # and the tracker takes it without raising

@@ -27,7 +27,7 @@ import structlog
 
 from ctrackd.ami.connection import AmiLinkEvent
 from ctrackd.ami.translate import leg_of, translate
-from ctrackd.attribution.events import ChannelsListed
+from ctrackd.attribution.events import CallAttributed, ChannelsListed, ListedChannel
 from ctrackd.attribution.records import CallProgress
 from ctrackd.attribution.tracker import CallTracker
 
@@ -103,26 +103,53 @@ class AmiConsumer:
             await self._save(records)
         except Exception as exc:
             log.error("call_progress_save_failed", error=repr(exc), calls=len(records))
-            return  # kept in _pending: retried with the next batch
+            if len(records) > 1:
+                await self._save_one_by_one(records)
+            return  # what is still in _pending is retried with the next batch
+        self._saved(records)
+        self.batches += 1
+
+    async def _save_one_by_one(self, records: list[CallProgress]) -> None:
+        """After a failed batch: the good records go in; a record the store refuses
+        by itself is logged whole and dropped, or it would fail every batch after it."""
+        for record in records:
+            try:
+                await self._save([record])
+            except Exception as exc:
+                if isinstance(exc, (ValueError, TypeError)) or "constraint" in str(exc).lower():
+                    log.error("call_progress_dropped", error=repr(exc), record=repr(record))
+                    self._saved([record])
+                continue
+            self._saved([record])
+
+    def _saved(self, records: list[CallProgress]) -> None:
         for record in records:
             if self._pending.get(record.call_id) is record:
                 del self._pending[record.call_id]
-        self.batches += 1
 
     # -- one batch, in order ---------------------------------------------------
 
     def _apply_batch(self, batch: list[Any]) -> None:
         received_at = self._clock()
         for item in batch:
-            if isinstance(item, AmiLinkEvent):
-                self._on_link(item)
-            elif isinstance(item, Snapshot):
-                self._on_snapshot(item)
-            elif isinstance(item, ResyncDue):
-                if self._connected:
-                    self._ask_snapshot()
-            else:
-                self._on_message(item, received_at)
+            try:
+                self._apply_item(item, received_at)
+            except Exception:  # one bad item (a hostile snapshot...) must not stop the daemon
+                self.failed_events += 1
+                log.exception("ami_item_failed", item=type(item).__name__)
+
+    def _apply_item(self, item: Any, received_at: float) -> None:
+        if isinstance(item, AmiLinkEvent):
+            self._on_link(item)
+        elif isinstance(item, Snapshot):
+            self._on_snapshot(item)
+        elif isinstance(item, CallAttributed):
+            self._keep(self._tracker.apply(item))
+        elif isinstance(item, ResyncDue):
+            if self._connected:
+                self._ask_snapshot()
+        else:
+            self._on_message(item, received_at)
 
     def _on_message(self, message: Mapping[str, Any], received_at: float) -> None:
         self.events += 1
@@ -165,12 +192,15 @@ class AmiConsumer:
         self._queue.put_nowait(Snapshot(list(messages), known, self._clock()))
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        legs = tuple(leg for m in snapshot.messages
-                     if m.get("Event") == "CoreShowChannel" and (leg := leg_of(m)) is not None)
-        closed = self._tracker.apply(ChannelsListed(
-            ts=snapshot.received_at, legs=legs, known_before=snapshot.known_before))
-        self._keep(closed)
-        log.info("ami_resynced", live_channels=len(legs), closed_calls=len(closed),
+        channels = tuple(
+            ListedChannel(leg=leg, state=str(m.get("ChannelStateDesc") or ""),
+                          bridge_id=str(m.get("BridgeId") or "") or None)
+            for m in snapshot.messages
+            if m.get("Event") == "CoreShowChannel" and (leg := leg_of(m)) is not None)
+        changed = self._tracker.apply(ChannelsListed(
+            ts=snapshot.received_at, channels=channels, known_before=snapshot.known_before))
+        self._keep(changed)
+        log.info("ami_resynced", live_channels=len(channels), changed_calls=len(changed),
                  open_calls=self._tracker.open_calls)
 
     async def _tick(self) -> None:

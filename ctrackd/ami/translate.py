@@ -12,6 +12,7 @@ repeats (ChanVariable) is a list, a single one a str. Tests feed plain dicts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,9 +42,11 @@ def message_time(message: Message, received_at: float) -> float:
     stamp = message.get("Timestamp")
     if stamp:
         try:
-            return float(stamp)
+            value = float(stamp)
         except (TypeError, ValueError):
-            pass
+            return received_at
+        if math.isfinite(value) and value > 0:  # "nan", "inf": not a time
+            return value
     return received_at
 
 
@@ -53,18 +56,30 @@ def call_id_of(message: Message) -> str | None:
     if values is None:
         return None
     for value in (values,) if isinstance(values, str) else values:
-        if value.startswith(_CALL_ID_PREFIX):
+        if isinstance(value, str) and value.startswith(_CALL_ID_PREFIX):
             return value[len(_CALL_ID_PREFIX):] or None
     return None
 
 
 def leg_of(message: Message) -> Leg | None:
-    """The channel an event is about (None when it names no Uniqueid)."""
-    uniqueid = message.get("Uniqueid")
-    if not uniqueid:
+    """The channel an event is about (None when it names no usable Uniqueid).
+
+    A header that repeats comes as a list: for the ids that is bad input,
+    not a channel.
+    """
+    uniqueid, linkedid = message.get("Uniqueid"), message.get("Linkedid")
+    if not uniqueid or not isinstance(uniqueid, str):
         return None
-    return Leg(uniqueid=uniqueid, linkedid=message.get("Linkedid") or uniqueid,
-               channel=message.get("Channel") or "", call_id=call_id_of(message))
+    channel = message.get("Channel")
+    return Leg(uniqueid=uniqueid, linkedid=linkedid if isinstance(linkedid, str) and linkedid
+               else uniqueid, channel=channel if isinstance(channel, str) else "",
+               call_id=call_id_of(message))
+
+
+def _str(message: Message, key: str) -> str | None:
+    """A header's text; a repeated header (a list) where one is expected is no value."""
+    value = message.get(key)
+    return value if isinstance(value, str) else None
 
 
 def _int(value: Any) -> int | None:
@@ -84,33 +99,33 @@ def on_newchannel(message: Message, ts: float) -> CoreEvent | None:
     leg = leg_of(message)
     if leg is None:
         return None
-    return ChannelCreated(ts=ts, leg=leg, exten=_text(message.get("Exten")),
-                          caller_num=_text(message.get("CallerIDNum")))
+    return ChannelCreated(ts=ts, leg=leg, exten=_text(_str(message, "Exten")),
+                          caller_num=_text(_str(message, "CallerIDNum")))
 
 
 def on_dial_begin(message: Message, ts: float) -> CoreEvent | None:
-    leg, dest = leg_of(message), message.get("DestUniqueid")
+    leg, dest = leg_of(message), _str(message, "DestUniqueid")
     if leg is None or not dest:
         return None
     return DialBegan(ts=ts, leg=leg, dest_uniqueid=dest,
-                     dest_channel=message.get("DestChannel") or "",
-                     dial_string=_text(message.get("DialString")))
+                     dest_channel=_str(message, "DestChannel") or "",
+                     dial_string=_text(_str(message, "DialString")))
 
 
 def on_dial_end(message: Message, ts: float) -> CoreEvent | None:
-    leg, dest, status = leg_of(message), message.get("DestUniqueid"), message.get("DialStatus")
+    leg, dest, status = leg_of(message), _str(message, "DestUniqueid"), _str(message, "DialStatus")
     if leg is None or not dest or not status:
         return None
     return DialEnded(ts=ts, leg=leg, dest_uniqueid=dest,
-                     dest_channel=message.get("DestChannel") or "", dial_status=status)
+                     dest_channel=_str(message, "DestChannel") or "", dial_status=status)
 
 
 def on_var_set(message: Message, ts: float) -> CoreEvent | None:
     # Only with the `dialplan` read class; CHANUNAVAIL is otherwise known
     # from the hang-up cause alone (no DialBegin/DialEnd exists for it).
-    if message.get("Variable") != "DIALSTATUS":
+    if _str(message, "Variable") != "DIALSTATUS":
         return None
-    leg, value = leg_of(message), message.get("Value")
+    leg, value = leg_of(message), _str(message, "Value")
     if leg is None or not value:
         return None
     return DialStatusSet(ts=ts, leg=leg, dial_status=value)
@@ -120,22 +135,22 @@ def on_bridge_enter(message: Message, ts: float) -> CoreEvent | None:
     leg = leg_of(message)
     if leg is None:
         return None
-    return BridgeEntered(ts=ts, leg=leg, bridge_id=message.get("BridgeUniqueid") or "")
+    return BridgeEntered(ts=ts, leg=leg, bridge_id=_str(message, "BridgeUniqueid") or "")
 
 
 def on_hangup_request(message: Message, ts: float) -> CoreEvent | None:
     leg = leg_of(message)
     if leg is None:
         return None
-    return HangupRequested(ts=ts, leg=leg, cause=_int(message.get("Cause")))
+    return HangupRequested(ts=ts, leg=leg, cause=_int(_str(message, "Cause")))
 
 
 def on_hangup(message: Message, ts: float) -> CoreEvent | None:
     leg = leg_of(message)
     if leg is None:
         return None
-    return ChannelHungUp(ts=ts, leg=leg, cause=_int(message.get("Cause")),
-                         cause_txt=_text(message.get("Cause-txt")))
+    return ChannelHungUp(ts=ts, leg=leg, cause=_int(_str(message, "Cause")),
+                         cause_txt=_text(_str(message, "Cause-txt")))
 
 
 def on_fully_booted(message: Message, ts: float) -> CoreEvent | None:
@@ -177,7 +192,7 @@ def wanted(raw: str) -> bool:
 
 def translate(message: Message, received_at: float) -> CoreEvent | None:
     """The core event for one AMI message, or None when it means nothing to us."""
-    translator = TRANSLATORS.get(message.get("Event") or "")
+    translator = TRANSLATORS.get(_str(message, "Event") or "")
     if translator is None:
         return None
     return translator(message, message_time(message, received_at))

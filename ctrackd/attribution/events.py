@@ -81,6 +81,13 @@ class ChannelHungUp:         # Hangup
 
 
 @dataclass(frozen=True, slots=True)
+class ListedChannel:         # one CoreShowChannel
+    leg: Leg
+    state: str = ""          # ChannelStateDesc: Up, Ring, Ringing, ...
+    bridge_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelsListed:        # the answer to CoreShowChannels, applied as one event
     """The live channels at one moment, and the calls we knew when we asked.
 
@@ -89,8 +96,20 @@ class ChannelsListed:        # the answer to CoreShowChannels, applied as one ev
     """
 
     ts: float
-    legs: tuple[Leg, ...]
+    channels: tuple[ListedChannel, ...]
     known_before: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallAttributed:        # not from AMI: the AGI side wrote a record for this call
+    """Tells the tracker a call exists even if AMI is down and never shows it.
+
+    The daemon queues it behind the AMI events, so a resync can judge the
+    call and its start is the attribution's, not whatever event came first.
+    """
+
+    ts: float
+    call_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,5 +123,5 @@ class AsteriskShutdown:      # Shutdown
 
 
 CoreEvent = (ChannelCreated | DialBegan | DialEnded | DialStatusSet | BridgeEntered
-             | HangupRequested | ChannelHungUp | ChannelsListed | AsteriskBooted
-             | AsteriskShutdown)
+             | HangupRequested | ChannelHungUp | ChannelsListed | CallAttributed
+             | AsteriskBooted | AsteriskShutdown)

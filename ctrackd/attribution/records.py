@@ -91,8 +91,12 @@ class CallProgress:
     def is_open(self) -> bool:
         return self.ended_at is None
 
-    def finish(self, status: CallStatus, ended_at: float, reason: str) -> None:
+    def finish(self, status: CallStatus, ended_at: float, reason: str, *,
+               measured: bool = True) -> None:
         """Close the call and derive the three durations the way Asterisk's CDR does.
+
+        `measured=False`: the call ended while nobody watched (closed by a
+        resync); the durations stay unknown.
 
         duration = end - start, talk = end - answer (billsec), ring = the rest:
         so `ring + talk == duration` always holds, and a clock that steps
@@ -101,6 +105,9 @@ class CallProgress:
         self.status = status
         self.ended_at = max(ended_at, self.started_at)
         self.close_reason = reason
+        if not measured:  # the end was not seen: no durations rather than wrong ones
+            self.ring_seconds = self.talk_seconds = self.duration_seconds = None
+            return
         self.duration_seconds = round(self.ended_at - self.started_at, 3)
         if self.answered_at is not None:
             answered = min(max(self.answered_at, self.started_at), self.ended_at)

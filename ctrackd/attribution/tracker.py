@@ -32,6 +32,7 @@ from ctrackd.attribution.events import (
     AsteriskBooted,
     AsteriskShutdown,
     BridgeEntered,
+    CallAttributed,
     ChannelCreated,
     ChannelHungUp,
     ChannelsListed,
@@ -83,9 +84,13 @@ _FINISHED_MEMORY = 10_000
 class _Call:
     progress: CallProgress
     endpoints: dict[str, str] = field(default_factory=dict)  # dest uniqueid -> endpoint
-    outcome: CallStatus | None = None
+    outcome: CallStatus | None = None   # decided once no destination rings any more
     caller_gave_up: bool = False
     request_cause: int | None = None  # a HangupRequest's cause that was not the caller's
+    ringing: set[str] = field(default_factory=set)  # destinations dialled, not ended yet
+    # Joined mid-call (first seen after the daemon restarted, with no record):
+    # a missed status cannot be told from the hang-up alone, so it is unknown.
+    joined_late: bool = False
 
 
 class CallTracker:
@@ -107,6 +112,7 @@ class CallTracker:
             HangupRequested: self._on_hangup_requested,
             ChannelHungUp: self._on_hung_up,
             ChannelsListed: self._on_channels_listed,
+            CallAttributed: self._on_attributed,
             AsteriskBooted: self._on_booted,
             AsteriskShutdown: self._on_shutdown,
         }
@@ -155,13 +161,13 @@ class CallTracker:
             self._created.pop(leg.uniqueid, None)
         return call
 
-    def _start(self, call_id: str, ts: float) -> _Call:
+    def _start(self, call_id: str, ts: float, *, late: bool = True) -> _Call:
         created = self._created.pop(call_id, None)
         progress = CallProgress(call_id=call_id, started_at=created.ts if created else ts)
         if created is not None:
             progress.did = normalise_number(created.exten, self._region)
             progress.caller = normalise_number(created.caller_num, self._region)
-        call = _Call(progress=progress)
+        call = _Call(progress=progress, joined_late=late and created is None)
         self._calls[call_id] = call
         self._legs[call_id] = call_id
         return call
@@ -169,16 +175,33 @@ class CallTracker:
     # -- handlers -------------------------------------------------------------
 
     def _on_created(self, event: ChannelCreated) -> list[CallProgress]:
+        call = self._calls.get(event.leg.uniqueid)
+        if call is not None:
+            # The AGI's word (CallAttributed) overtook this Newchannel in the
+            # queue: the channel's creation is the truer start.
+            progress = call.progress
+            progress.started_at = min(progress.started_at, event.ts)
+            progress.did = progress.did or normalise_number(event.exten, self._region)
+            progress.caller = progress.caller or normalise_number(event.caller_num, self._region)
+            return []
         self._created[event.leg.uniqueid] = event
         if len(self._created) > 10_000:
             horizon = event.ts - _PENDING_TTL
             self._created = {u: e for u, e in self._created.items() if e.ts >= horizon}
         return []
 
+    def _on_attributed(self, event: CallAttributed) -> list[CallProgress]:
+        if event.call_id not in self._calls and event.call_id not in self._finished:
+            self._start(event.call_id, event.ts, late=False)
+        return []
+
     def _on_dial_began(self, event: DialBegan) -> list[CallProgress]:
         call = self._call_for(event.leg, event.ts)
         if call is None:
             return []
+        call.ringing.add(event.dest_uniqueid)
+        if call.progress.answered_at is None:
+            call.outcome = None  # ringing again (a queue's next attempt, a transfer)
         call.endpoints[event.dest_uniqueid] = endpoint_of(event.dest_channel, event.dial_string)
         self._legs[event.dest_uniqueid] = call.progress.call_id
         self._created.pop(event.dest_uniqueid, None)
@@ -193,6 +216,7 @@ class CallTracker:
             return []
         status = event.dial_status.upper()
         progress = call.progress
+        call.ringing.discard(event.dest_uniqueid)
         if status == "ANSWER":
             if progress.answered_at is not None:
                 return []  # a transfer target answering later: the call was answered already
@@ -212,8 +236,13 @@ class CallTracker:
         return self._note_outcome(call, event.dial_status.upper())
 
     def _note_outcome(self, call: _Call, status: str) -> list[CallProgress]:
+        """A destination ended unanswered; the call's outcome once none rings any more.
+
+        In a ring group one phone can be busy while another still rings and
+        the caller then hangs up: that call was abandoned, not busy.
+        """
         outcome = DIAL_OUTCOMES.get(status)
-        if outcome is None or call.outcome is not None:
+        if outcome is None or call.outcome is not None or call.ringing:
             return []  # CANCEL (a ring-group loser, or the caller left), CONTINUE, ...
         call.outcome = outcome
         call.progress.dial_status = status
@@ -265,6 +294,8 @@ class CallTracker:
             return call.outcome
         if call.caller_gave_up:
             return CallStatus.ABANDONED
+        if call.joined_late:
+            return CallStatus.UNKNOWN
         return CAUSE_OUTCOMES.get(cause or call.request_cause or 0, CallStatus.ABANDONED)
 
     def _forget(self, call_id: str) -> CallProgress:
@@ -281,7 +312,9 @@ class CallTracker:
         call = self._calls[call_id]
         status = (CallStatus.ANSWERED if call.progress.answered_at is not None
                   else call.outcome or CallStatus.UNKNOWN)
-        call.progress.finish(status, ts, reason)
+        # When it really ended is unknown: no made-up ring or talk seconds
+        # (they would skew every average of the report).
+        call.progress.finish(status, ts, reason, measured=False)
         return self._forget(call_id)
 
     # -- resynchronisation after a (re)connect ------------------------------
@@ -290,12 +323,34 @@ class CallTracker:
         return []
 
     def _on_channels_listed(self, event: ChannelsListed) -> list[CallProgress]:
-        """Close every call we knew that Asterisk no longer has: it ended unseen."""
-        live = {call_id for leg in event.legs if (call_id := self._call_id_of(leg))}
+        """Close every call we knew that Asterisk no longer has: it ended unseen.
+
+        Live tracked calls we did not know (they began while we were away)
+        are taken in; one whose destination leg is up and bridged was
+        answered while we could not see (when exactly is unknown: from now).
+        """
+        live: set[str] = set()
+        changed: list[CallProgress] = []
+        for listed in event.channels:
+            leg = listed.leg
+            call_id = self._call_id_of(leg)
+            if call_id is None or call_id in self._finished:
+                continue
+            live.add(call_id)
+            call = self._calls.get(call_id) or self._start(call_id, event.ts)
+            self._legs.setdefault(leg.uniqueid, call_id)
+            if (leg.uniqueid != call_id and listed.state == "Up" and listed.bridge_id
+                    and call.progress.answered_at is None):
+                call.progress.answered_at = event.ts
+                call.progress.answered_by = endpoint_of(leg.channel, None)
+                call.progress.status = CallStatus.ANSWERED
+                call.outcome = CallStatus.ANSWERED
+                changed.append(call.progress)
         gone = [c for c in event.known_before if c in self._calls and c not in live]
         # Newchannel events of calls we never learned about are stale now too.
         self._created.clear()
-        return [self._close(call_id, event.ts, "gone_after_reconnect") for call_id in gone]
+        return changed + [self._close(call_id, event.ts, "gone_after_reconnect")
+                          for call_id in gone]
 
     def _on_shutdown(self, event: AsteriskShutdown) -> list[CallProgress]:
         """Asterisk is going away: whatever is still open cannot continue."""

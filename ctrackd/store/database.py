@@ -97,7 +97,7 @@ class Store:
     async def save_progress(self, progresses: Iterable[CallProgress]) -> None:
         rows = [queries.progress_params(p) for p in progresses]
         if rows:
-            await self._submit(queries.UPSERT_PROGRESS, rows)
+            await self._submit(queries.UPSERT_PROGRESS_IF_OPEN, rows)
 
     async def save_pool_usage(self, rows: list[dict[str, Any]]) -> None:
         """Usage buckets of the pools (`queries.UPSERT_POOL_USAGE` columns)."""

@@ -34,8 +34,9 @@ SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 # Attribution wins for did/caller when it has them (it normalised them);
-# started_at is the AMI side's once that has written (its durations count
-# from it), so both arrival orders end in the same row.
+# started_at is the earliest either side saw (the AMI side's Newchannel, or
+# the fallback script's CDR start; never a later event of a call the tracker
+# joined mid-way), so both arrival orders end in the same row.
 UPSERT_ATTRIBUTION = f"""
 INSERT INTO calls (call_id, started_at, did, caller, caller_name, tracking, channel, source,
                    medium, campaign, label, forward_to, ring_timeout, recording_path, note,
@@ -63,7 +64,7 @@ VALUES (:call_id, :started_at, :status, :did, :caller, :answered_at, :answered_b
         :ring_seconds, :talk_seconds, :duration_seconds, :hangup_cause, :hangup_cause_txt,
         :dial_status, :close_reason, {_NOW}, {_NOW})
 ON CONFLICT (call_id) DO UPDATE SET
-    started_at = excluded.started_at, status = excluded.status,
+    started_at = min(calls.started_at, excluded.started_at), status = excluded.status,
     did = COALESCE(calls.did, excluded.did), caller = COALESCE(calls.caller, excluded.caller),
     answered_at = excluded.answered_at, answered_by = excluded.answered_by,
     ended_at = excluded.ended_at, ring_seconds = excluded.ring_seconds,
@@ -109,7 +110,9 @@ ON CONFLICT (pool, start) DO UPDATE SET
     peak_demand = excluded.peak_demand, leases = excluded.leases, overflows = excluded.overflows
 """
 
-# The fallback hang-up handler must not overwrite a call the daemon already closed.
+# Nobody rewrites a closed call: not the fallback hang-up handler after the
+# daemon closed it, nor the daemon after the handler did (the daemon only
+# joined it mid-way then, the handler saw it whole).
 UPSERT_PROGRESS_IF_OPEN = UPSERT_PROGRESS + "WHERE calls.ended_at IS NULL\n"
 
 PROGRESS_FIELDS = tuple(f.name for f in fields(CallProgress))
