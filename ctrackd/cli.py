@@ -279,8 +279,9 @@ def _format_argument(p: argparse.ArgumentParser, json_help: str) -> None:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}")
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to 999999999, found {text!r}")
     return int(text)
 
 

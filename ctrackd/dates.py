@@ -40,13 +40,15 @@ def parse_when(text: str, *, end_of_day: bool = False, now: float | None = None)
         return _day_edge(day - timedelta(days=value == "yesterday"), end_of_day)
     match = _RELATIVE.match(value)
     if match:
+        if len(match.group(1)) > 9:  # beyond ~30 years of minutes: no call is that old
+            raise ValueError(f"{text!r} is too far back: expected at most 9 digits")
         return now - int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
             return _day_edge(date.fromisoformat(value), end_of_day)
         # fromisoformat (3.11) takes `T` or a space, seconds optional, `Z` or an offset.
         return datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):  # 9999-12-31 is a date, its end is not
         pass
     raise ValueError(f"cannot read {text!r} as a time: expected {HELP}")
 

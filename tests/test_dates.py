@@ -68,3 +68,14 @@ def test_argparse_types_and_negative_values() -> None:
         since_arg("x")
     # A trailing option with no value is left for argparse to complain about.
     assert attach_relative_values(["calls", "--since"], ["--since"]) == ["calls", "--since"]
+
+
+@pytest.mark.parametrize("text", ["9999-12-31", "-1" + "0" * 400 + "d", "0001-01-01T00:00"])
+def test_edges_of_the_calendar_are_clear_errors(text: str) -> None:
+    """A date past the last representable time is a sentence, not an OverflowError."""
+    try:
+        value = parse_when(text, end_of_day=True)
+    except ValueError as exc:
+        assert "cannot read" in str(exc) or "too far back" in str(exc)
+    else:
+        assert isinstance(value, float)

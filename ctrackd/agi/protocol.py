@@ -80,6 +80,8 @@ async def read_environment(reader: asyncio.StreamReader, *, timeout: float,
             return _parse_env_block(block[:-2].split(b"\n"))
     except TimeoutError:
         raise AgiProtocolError(f"environment not complete within {timeout:g} s") from None
+    except OSError as exc:  # a reset (RST) or a dead socket: the peer is gone
+        raise AgiProtocolError(f"connection lost: {exc!r}") from None
 
 
 async def _read_line_raw(reader: asyncio.StreamReader) -> bytes:
