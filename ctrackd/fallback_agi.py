@@ -172,16 +172,12 @@ def _save_attribution(config: Config, attribution: Attribution) -> None:
 
 
 def _set_variables(agi: Any, attribution: Attribution) -> None:
-    from ctrackd.agi.commands import exec_mset
-    from ctrackd.variables import FORWARD_VAR, RING_TIMEOUT_VAR, TRACKING_VAR, channel_variables
+    from ctrackd.agi.commands import exec_mset_fitting
+    from ctrackd.variables import ESSENTIAL_VARS, channel_variables
 
-    pairs = channel_variables(attribution)
-    try:
-        line = exec_mset(pairs)
-    except ValueError as exc:  # too long for one AGI line (a huge label or name)
-        _log("variables_trimmed", call_id=attribution.call_id, error=str(exc))
-        essential = {FORWARD_VAR, RING_TIMEOUT_VAR, TRACKING_VAR}
-        line = exec_mset([(name, value) for name, value in pairs if name in essential])
+    line, trimmed = exec_mset_fitting(channel_variables(attribution), ESSENTIAL_VARS)
+    if trimmed:  # too long for one AGI line (a huge label or name)
+        _log("variables_trimmed", call_id=attribution.call_id)
     _command(agi, line)
 
 

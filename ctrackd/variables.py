@@ -29,6 +29,13 @@ RECORDING_VAR = "CTRACK_RECORDING"
 CALLERID_NAME_VAR = "CTRACK_CALLERID_NAME"
 TRACKING_VAR = "CTRACK_TRACKING"
 
+#: what the dialplan cannot do without, when not everything fits in one AGI line
+ESSENTIAL_VARS = frozenset({FORWARD_VAR, RING_TIMEOUT_VAR, RECORDING_VAR, TRACKING_VAR,
+                            "__" + CHANNEL_VAR})
+
+#: a SIP phone shows some 20-40 characters: more is noise on the AGI line
+DISPLAY_NAME_MAX = 64
+
 #: the variables manager.conf must list in `channelvars`
 MANAGER_CHANNELVARS = (CALL_ID_VAR, CHANNEL_VAR)
 
@@ -50,6 +57,7 @@ def channel_variables(attribution: Attribution) -> list[tuple[str, str]]:
         (RING_TIMEOUT_VAR, str(attribution.ring_timeout)),
         # MixMonitor takes a name relative to the monitor folder; the record keeps the path
         (RECORDING_VAR, recording.rsplit("/", 1)[-1] if recording else ""),
-        (CALLERID_NAME_VAR, operator_display_name(attribution.label, attribution.caller_name)),
+        (CALLERID_NAME_VAR, operator_display_name(
+            attribution.label, attribution.caller_name)[:DISPLAY_NAME_MAX]),
         (TRACKING_VAR, attribution.tracking.value),
     ]

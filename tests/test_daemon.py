@@ -219,3 +219,13 @@ web:
         assert session["gclid"] == "abc" and session["visitor_id"] == "visitor-1"
     finally:
         await running.stop()
+
+
+async def test_a_huge_caller_name_still_gets_the_call_its_target(daemon: Daemon) -> None:
+    """A 1000-character name would make the MSet line too long for Asterisk."""
+    commands = await agi_track(daemon.agi_address[1], environment(
+        "7.1", "74950000001", name="Ё\\,\"(" * 250))
+    variables = mset_variables(commands[0])
+    assert variables["CTRACK_FORWARD"] == "IAX2/phones/100"
+    assert variables["__CTRACK_CHANNEL"] == "google"
+    assert len(commands[0].encode()) <= 2046

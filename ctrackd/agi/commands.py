@@ -16,7 +16,7 @@ escape for that, so the dialplan must leave AGIEXECFULL alone.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 #: res_agi.c `run_agi()` reads a command with fgets() into `char buf[AGI_BUF_LEN]`
 #: (2048): a longer line is cut and its tail runs as a second command, which
@@ -114,3 +114,17 @@ def exec_mset(pairs: Sequence[tuple[str, str]]) -> str:
     unless AGIEXECFULL is set (see the module docstring).
     """
     return _checked_line(f"EXEC MSet {quote(mset_data(pairs))}")
+
+
+def exec_mset_fitting(pairs: Sequence[tuple[str, str]],
+                      essential: Collection[str]) -> tuple[str, bool]:
+    """`exec_mset(pairs)`, or only the `essential` pairs when the line would not fit.
+
+    A huge label or caller name must not cost the call its target: Asterisk
+    would cut an overlong line and run its tail as another command. Returns
+    the line and whether it was trimmed (for a log line).
+    """
+    try:
+        return exec_mset(pairs), False
+    except ValueError:
+        return exec_mset([(name, value) for name, value in pairs if name in essential]), True

@@ -17,14 +17,14 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from ctrackd.agi.commands import exec_mset
+from ctrackd.agi.commands import exec_mset_fitting
 from ctrackd.agi.protocol import AgiChannel
 from ctrackd.attribution.attribute import attribute_call
 from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.plan import StaticPlan, fallback_attribution
 from ctrackd.attribution.records import Attribution
 from ctrackd.logs import mask_number
-from ctrackd.variables import channel_variables
+from ctrackd.variables import ESSENTIAL_VARS, channel_variables
 
 Route = Callable[[AgiChannel], Awaitable[None]]
 SaveAttribution = Callable[[Attribution], Awaitable[None]]
@@ -62,7 +62,10 @@ class TrackRoute:
             log.error("call_record_save_failed", error=repr(exc), did=attribution.did,
                       channel=attribution.channel, started_at=attribution.started_at,
                       caller=mask_number(attribution.caller), forward_to=attribution.forward_to)
-        reply = await channel.command(exec_mset(channel_variables(attribution)))
+        line, trimmed = exec_mset_fitting(channel_variables(attribution), ESSENTIAL_VARS)
+        if trimmed:
+            log.warning("agi_variables_trimmed", did=attribution.did, channel=attribution.channel)
+        reply = await channel.command(line)
         if not reply.ok:
             log.warning("agi_variables_rejected", code=reply.code, reply=reply.text[:200])
         log.debug("call_attributed", did=attribution.did, channel=attribution.channel,
