@@ -48,8 +48,11 @@ CLOSE_REASON = "fallback_handler"
 # free-text fields come last so that a stray separator inside them cannot
 # shift the others (the split keeps any excess in the last field).
 _SEPARATOR = "|"
+# Queue() sets neither DIALSTATUS nor QUEUESTATUS when a member answers: the
+# CDR's disposition and billsec, and MEMBERINTERFACE, tell that case.
 _HANGUP_FIELDS = ("CTRACK_CALL_ID", "DIALSTATUS", "ANSWEREDTIME", "ANSWEREDTIME_MS",
-                  "DIALEDTIME", "HANGUPCAUSE", "QUEUESTATUS", "CALLERID(num)",
+                  "DIALEDTIME", "HANGUPCAUSE", "QUEUESTATUS", "CDR(disposition)",
+                  "CDR(billsec,f)", "MEMBERINTERFACE", "CALLERID(num)",
                   "DIALEDPEERNUMBER", "DIALEDPEERNAME")
 
 # Asterisk's own wording (main/channel.c causes[]), as AMI's Cause-txt shows it,
@@ -208,7 +211,8 @@ def hangup(agi: Any, config_path: str, *, now: float | None = None) -> None:
         known = queries.get_progress(conn, call_id)
         if known is not None and not known.is_open:
             return  # the daemon's AMI side closed it already: its record is the better one
-        status = call_status(values["DIALSTATUS"], values["QUEUESTATUS"])
+        status = call_status(values["DIALSTATUS"], values["QUEUESTATUS"],
+                             values["CDR(disposition)"])
         progress = CallProgress(
             call_id=call_id,
             started_at=known.started_at if known else _started_at(call_id, values, ended_at),
@@ -238,28 +242,31 @@ def _read_hangup_variables(agi: Any) -> dict[str, str]:
     return {name: value.strip() for name, value in zip(_HANGUP_FIELDS, parts)}
 
 
-def call_status(dial_status: str, queue_status: str = "") -> CallStatus:
-    """The call's outcome from Dial's DIALSTATUS (or Queue's QUEUESTATUS when no Dial ran).
+def call_status(dial_status: str, queue_status: str = "", cdr_disposition: str = ""
+                ) -> CallStatus:
+    """The call's outcome from Dial's DIALSTATUS, else Queue's QUEUESTATUS, else the CDR.
 
     Empty or CANCEL: the caller hung up before anyone answered. Queue() sets
-    no DIALSTATUS; its QUEUESTATUS tells timeout and empty queues apart, but
-    not an answered queue call, which the daemon's AMI side sees instead.
+    no DIALSTATUS, and no QUEUESTATUS when a member answered: then the CDR's
+    disposition (ANSWERED) tells it.
     """
     from ctrackd.attribution.records import CallStatus
+    from ctrackd.attribution.tracker import DIAL_OUTCOMES
 
-    by_dial = {
-        "ANSWER": CallStatus.ANSWERED, "BUSY": CallStatus.BUSY,
-        "NOANSWER": CallStatus.NO_ANSWER, "CANCEL": CallStatus.ABANDONED,
-        "CHANUNAVAIL": CallStatus.FAILED, "CONGESTION": CallStatus.FAILED,
-    }
     dial_status = dial_status.strip().upper()
+    if dial_status == "ANSWER":
+        return CallStatus.ANSWERED
+    if dial_status == "CANCEL":
+        return CallStatus.ABANDONED
     if dial_status:
-        return by_dial.get(dial_status, CallStatus.FAILED)  # INVALIDARGS, DONTCALL, TORTURE
+        return DIAL_OUTCOMES.get(dial_status, CallStatus.FAILED)  # INVALIDARGS, DONTCALL...
     queue_status = queue_status.strip().upper()
     if queue_status == "TIMEOUT":
         return CallStatus.NO_ANSWER
     if queue_status in {"FULL", "JOINEMPTY", "LEAVEEMPTY", "JOINUNAVAIL", "LEAVEUNAVAIL"}:
         return CallStatus.FAILED
+    if cdr_disposition.strip().upper() == "ANSWERED":
+        return CallStatus.ANSWERED
     return CallStatus.ABANDONED
 
 
@@ -287,10 +294,22 @@ def _fill_answer(progress: CallProgress, status: CallStatus, values: dict[str, s
         return
     # ANSWEREDTIME_MS (newer Asterisk) is more precise; ANSWEREDTIME is everywhere.
     talk_ms = _int(values["ANSWEREDTIME_MS"])
-    talk = talk_ms / 1000.0 if talk_ms is not None else _int(values["ANSWEREDTIME"])
+    talk: float | None = talk_ms / 1000.0 if talk_ms is not None else _int(
+        values["ANSWEREDTIME"])
+    if talk is None:  # a queue call: the CDR's billable seconds
+        talk = _float(values["CDR(billsec,f)"])
     if talk is not None:
         progress.answered_at = ended_at - talk
-    progress.answered_by = answered_by(values["DIALEDPEERNUMBER"], values["DIALEDPEERNAME"])
+    progress.answered_by = (answered_by(values["DIALEDPEERNUMBER"], values["DIALEDPEERNAME"])
+                            or values["MEMBERINTERFACE"] or None)
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < 10 * 86400 else None
 
 
 def _started_at(call_id: str, values: dict[str, str], ended_at: float) -> float:

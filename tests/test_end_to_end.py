@@ -228,3 +228,16 @@ async def test_call_ended_while_the_daemon_was_down_is_closed_on_start(setup: Se
     await setup.start_daemon()
     record = await setup.finished(call.call_id)
     assert (record["status"], record["close_reason"]) == ("answered", "gone_after_reconnect")
+
+
+async def test_daemon_down_a_queue_call_answered_is_recorded_answered(setup: Setup) -> None:
+    """Queue() sets no DIALSTATUS: the hang-up handler reads the CDR's disposition."""
+    sim = setup.simulator(
+        1, phones={"IAX2/phones/100": Phone(answer_after=0.3, talk=0.6)},
+        queues={"sales": [QueueMember("IAX2/phones/100", "Office 100")]})
+    call = await sim.call("74950000010", Caller("+79161234567"))
+    assert call.agi_status == "FAILURE" and call.hangup_handler_status == "SUCCESS"
+    record = setup.record(call.call_id)
+    assert (record["tracking"], record["status"], record["channel"]) == (
+        "fallback", "answered", "queue")
+    assert_matches_cdr(record, call)

@@ -134,7 +134,7 @@ class Channel:
             return self.cdr.fields(self.cdr.rows[-1]).get(
                 {"billsec": "BillableSeconds", "duration": "Duration", "disposition": "Disposition",
                  "userfield": "UserField", "dstchannel": "DestinationChannel", "start": "StartTime",
-                 "answer": "AnswerTime", "end": "EndTime"}.get(arg.lower(), ""))
+                 "answer": "AnswerTime", "end": "EndTime"}.get(field, ""))
         if func == "CHANNEL":
             return {"name": self.name, "uniqueid": self.uniqueid, "linkedid": self.linkedid,
                     "state": ev.STATE_DESC.get(self.state, "Unknown")}.get(arg.lower())
