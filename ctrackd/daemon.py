@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -162,8 +163,14 @@ class Daemon:
             # next heartbeat, and calls in progress lose their session.
             log.warning("pools_rebuilt", pools=[p.name for p in new.pools])
             self.dynamic = build_dynamic(new)
-        self.config = new
-        self._plan = new.static_plan()
+        if new.log != self.config.log:
+            configure_logging(new.log.level, new.log.format, show_numbers=new.log.show_numbers)
+        if self.tracker is not None:
+            self.tracker.region = new.phone_region
+        # What runs keeps its running settings, so the next reload still
+        # warns about them until the restart.
+        self.config = replace(new, **{name: getattr(self.config, name) for name in ignored})
+        self._plan = self.config.static_plan()
         log.info("config_reloaded", numbers=len(new.numbers), channels=len(new.channels))
         return True
 

@@ -144,6 +144,11 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(daemon: Running,
     daemon.wait_for("config_reloaded")
     assert daemon.wait_for("config_needs_restart")["sections"] == ["ami"]
     assert track(port, "2.2")["CTRACK_LABEL"] == "Google Search"
+    # the running AMI settings stay, so a second reload still says a restart is due
+    daemon.lines.clear()
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("config_reloaded")
+    assert daemon.wait_for("config_needs_restart")["sections"] == ["ami"]
 
 
 def test_sigterm_drains_in_flight_sessions(daemon: Running, config_file: Path) -> None:

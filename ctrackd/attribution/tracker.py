@@ -97,7 +97,7 @@ class CallTracker:
     """Per-Asterisk call state, in memory; rebuilt from the store after a restart."""
 
     def __init__(self, region: str = "RU") -> None:
-        self._region = region
+        self.region = region  # for normalising numbers seen on AMI; a reload may change it
         self._calls: dict[str, _Call] = {}
         self._legs: dict[str, str] = {}  # uniqueid of any known leg -> call id
         self._created: dict[str, ChannelCreated] = {}  # Newchannel not yet tied to a call
@@ -165,8 +165,8 @@ class CallTracker:
         created = self._created.pop(call_id, None)
         progress = CallProgress(call_id=call_id, started_at=created.ts if created else ts)
         if created is not None:
-            progress.did = normalise_number(created.exten, self._region)
-            progress.caller = normalise_number(created.caller_num, self._region)
+            progress.did = normalise_number(created.exten, self.region)
+            progress.caller = normalise_number(created.caller_num, self.region)
         call = _Call(progress=progress, joined_late=late and created is None)
         self._calls[call_id] = call
         self._legs[call_id] = call_id
@@ -181,8 +181,8 @@ class CallTracker:
             # queue: the channel's creation is the truer start.
             progress = call.progress
             progress.started_at = min(progress.started_at, event.ts)
-            progress.did = progress.did or normalise_number(event.exten, self._region)
-            progress.caller = progress.caller or normalise_number(event.caller_num, self._region)
+            progress.did = progress.did or normalise_number(event.exten, self.region)
+            progress.caller = progress.caller or normalise_number(event.caller_num, self.region)
             return []
         self._created[event.leg.uniqueid] = event
         if len(self._created) > 10_000:

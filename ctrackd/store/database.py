@@ -81,14 +81,16 @@ class Store:
         finally:
             conn.close()
         db = await aiosqlite.connect(path, isolation_level=None)
+        ready = False
         try:
             for pragma in queries.pragmas(synchronous):
                 await db.execute(pragma)
             # checkpoints happen in _checkpoint_forever, not inside our commits
             await db.execute("PRAGMA wal_autocheckpoint = 0")
-        except BaseException:
-            await db.close()
-            raise
+            ready = True
+        finally:
+            if not ready:  # whatever stopped us (even a cancel), the thread ends
+                await db.close()
         return cls(db, path)
 
     async def save_attribution(self, a: Attribution) -> None:

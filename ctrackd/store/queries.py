@@ -164,14 +164,16 @@ def connect(path: str | Path, *, readonly: bool, synchronous: str = "normal",
             conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the call store {path}: {exc}") from exc
+    ready = False
     try:
         for pragma in pragmas(synchronous, readonly=readonly, busy_timeout=busy_timeout):
             conn.execute(pragma)
         if readonly:
             require_current(conn, path)
-    except BaseException:
-        conn.close()
-        raise
+        ready = True
+    finally:
+        if not ready:  # whatever stopped us (even a cancel), no connection leaks
+            conn.close()
     return conn
 
 
