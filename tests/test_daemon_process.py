@@ -160,6 +160,7 @@ def test_sigterm_drains_in_flight_sessions(daemon: Running, config_file: Path) -
     stopped = daemon.wait_for("daemon_stopped", timeout=20)
     assert stopped["agi_sessions_cancelled"] == 1
     assert daemon.proc.wait(timeout=10) == 0
+    assert b"Traceback" not in daemon.proc.stderr.read()  # the cancelled session is quiet
     stuck.close()
     import sqlite3
     conn = sqlite3.connect(config_file.parent / "calls.sqlite3")

@@ -112,14 +112,20 @@ class AgiServer:
                               max_sessions=self._max_sessions, stopping=self._stopping)
             self._end(session, failure=True)
             return
-        task = asyncio.current_task()
-        assert task is not None
+        # The session runs in a task of its own that stop() may cancel. The
+        # connection's task (asyncio's) must not end cancelled: Python 3.11's
+        # StreamReaderProtocol then prints a CancelledError traceback.
+        task = asyncio.create_task(self._serve(session))
         self._sessions.add(task)
         try:
-            await self._serve(session)
+            await asyncio.shield(task)
         except asyncio.CancelledError:
+            outer = asyncio.current_task()
+            if outer is not None and outer.cancelling():
+                task.cancel()  # the connection itself is cancelled (loop shutdown): pass it on
+                _abandon(session)
+                raise
             _abandon(session)  # stop() ran out of grace: fallback path, then let it through
-            raise
         finally:
             self._sessions.discard(task)
 
