@@ -1,8 +1,8 @@
 """`python -m bench` (or `make bench`): run every benchmark and print its figures."""
 
-from bench import agi_latency, ami_throughput
+from bench import agi_latency, ami_throughput, pool_accuracy, web_load
 
 if __name__ == "__main__":
-    agi_latency.main([])
-    print()
-    ami_throughput.main([])
+    for bench in (agi_latency, ami_throughput, web_load, pool_accuracy):
+        bench.main([])
+        print()
