@@ -9,6 +9,8 @@ browser download cannot work on a network that reaches only package registries.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,70 @@ FLAGS = [
 # The browser's own console lines for a failed request (connection refused,
 # a 500): expected when the daemon is down, and not the snippet's doing.
 NETWORK_NOISE = ("Failed to load resource", "net::ERR_")
+
+
+# A page stuck in a script loop (an observer feeding itself, say) blocks
+# page.evaluate forever: it has no timeout. Past this many seconds a test's
+# browser is killed, so the stuck call fails and the run goes on, instead of
+# hanging CI until its own limit.
+HANG_SECONDS = 30
+
+
+def own_browser_pids() -> list[int]:
+    """Chromium browser processes started (through Playwright's driver) by
+    this test process: the top of each Chromium tree, found by parent ids."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def is_chromium(pid: int) -> bool:
+        # By the binary, not CHROMIUM: Debian's /usr/bin/chromium is a shell
+        # script that execs /usr/lib/chromium/chromium.
+        try:
+            return os.path.basename(os.readlink(f"/proc/{pid}/exe")) in {"chromium", "chrome"}
+        except OSError:
+            return False
+
+    def is_ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [pid for pid in parents
+            if is_ours(pid) and is_chromium(pid) and not is_chromium(parents[pid])]
+
+
+def kill_own_browsers() -> None:
+    for pid in own_browser_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def hang_watchdog() -> Iterator[None]:
+    fired = threading.Event()
+
+    def on_hang() -> None:
+        fired.set()
+        kill_own_browsers()
+
+    timer = threading.Timer(HANG_SECONDS, on_hang)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
+    if fired.is_set():
+        pytest.fail(f"the test hung for {HANG_SECONDS} s (a script loop in the page?): "
+                    "its browser was killed, the tests after it cannot run")
 
 
 @pytest.fixture(scope="package")
@@ -77,10 +143,9 @@ class Errors:
     page_errors: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
 
-    def attach(self, page: Page) -> Page:
+    def attach(self, page: Page) -> None:
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
         page.on("console", self._console)
-        return page
 
     def _console(self, message: Any) -> None:
         if message.type == "error" and not any(n in message.text for n in NETWORK_NOISE):

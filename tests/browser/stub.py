@@ -19,10 +19,11 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 SNIPPET = Path(__file__).resolve().parents[2] / "ctrackd" / "web" / "static" / "ctrack.js"
@@ -76,7 +77,7 @@ class _Base:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # a test's output is its assertions
 
     def send(self, status: int, body: bytes, content_type: str,

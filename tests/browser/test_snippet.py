@@ -21,9 +21,9 @@ SWAPPED = "+7 (495) 000-01-01"
 SECOND = "+7 (495) 000-01-02"  # the pool's next number: a new session's
 
 
-def open_numbers(page: Page, site: Site, **goto: str) -> None:
+def open_numbers(page: Page, site: Site, referer: str | None = None) -> None:
     """Open the contacts page and wait until the snippet has swapped it."""
-    page.goto(site.page("numbers.html"), **goto)
+    page.goto(site.page("numbers.html"), referer=referer)
     expect(page.locator("#header-tel")).to_have_text(SWAPPED)
 
 
@@ -185,6 +185,9 @@ def test_the_visitor_keeps_its_id_across_reloads_and_tabs(
 
     visitors = [r.body["visitor_id"] for r in tracker.session_posts()]
     assert len(visitors) == 3 and len(set(visitors)) == 1
+    # Kept in localStorage: no cookie rides along on the site's own requests.
+    assert page.evaluate("localStorage.getItem('ctrack_vid')") == visitors[0]
+    assert "ctrack_vid" not in {c["name"] for c in context.cookies()}
     # One visitor, one session: both tabs show the same number and beat for it.
     assert text(page, "#header-tel") == text(second_tab, "#header-tel") == SWAPPED
 

@@ -37,42 +37,25 @@
     return /^[17]/.test(d) ? 1 : /^(2[07]|3[0-469]|4[013-9]|5[1-8]|6[0-6]|8[1246]|9[0-58])/.test(d) ? 2 : 3;
   }
 
-  // The digits of the new number written the way an occurrence was written:
-  // international (+7 495...), national with a trunk prefix (8 495... or
-  // 0 20...), or without any prefix ((495) ...). Returns [digits, needsPlus].
-  function sameForm(old, n) {
-    var cc = ccLength(n), nsn = n.slice(cc);
-    if (old.length === n.length && old.slice(0, cc) === n.slice(0, cc)) return [n, 0];
-    if (old.length === nsn.length + 1 && /^[08]/.test(old)) return [old.charAt(0) + nsn, 0];
-    if (old.length === nsn.length) return [nsn, 0];
-    return [n, 1]; // another country or length: the full international number
-  }
-
-  // Pour digits into the shape of `pattern`, right-aligned so the subscriber
-  // groups (123-45-67) keep their separators. Extra digits join the first
-  // group; unused leading slots go, with the separators they leave dangling.
-  function shape(pattern, d) {
-    var out = '', j = d.length, i = pattern.length, c;
-    while (i--) {
-      c = pattern.charAt(i);
-      if (!isDigit(c)) out = c + out;
-      else if (j) out = d.charAt(--j) + out;
-      else {
-        out = out.replace(/^[^\d(]+/, '');
-        if (out.indexOf('(') < 0) out = out.replace(')', '');
-        if (pattern.charAt(0) === '+') out = '+' + out;
-        break;
-      }
-    }
-    if (j) out = out.replace(/\d/, d.slice(0, j) + '$&');
-    return out;
-  }
-
-  // `oldText` (one occurrence of a number) rewritten to show `newNumber`.
+  // `oldText`, one occurrence of a phone number, rewritten to show `newNumber`
+  // in the same form: international (+7 495...), national with a trunk
+  // prefix (8 495..., 020...), or national without one ((495) ...). With
+  // as many digits as before, each digit takes the place of an old one, so
+  // spaces, brackets and dashes stay where they were. Any other count
+  // (another country, another plan) shows the plain international number:
+  // always right to dial, where a forced grouping would mislead.
   function format(oldText, newNumber) {
-    var n = digitsOf(newNumber), f = sameForm(digitsOf(oldText), n);
-    var text = shape(oldText, f[0]);
-    return f[1] && text.charAt(0) !== '+' ? '+' + text : text;
+    var n = digitsOf(newNumber), old = digitsOf(oldText), cc = ccLength(n), nsn = n.slice(cc), d, i = 0;
+    var first = old.charAt(0);
+    if (/\+/.test(oldText) || (old.length === n.length && old.indexOf(n.slice(0, cc)) === 0)) {
+      d = n;
+    } else if ((first === '0' && nsn.charAt(0) !== '0') || (first === '8' && old.length === nsn.length + 1)) {
+      d = first + nsn; // 0 is a trunk prefix in most plans; 8 is Russia's, and may start a city code
+    } else {
+      d = nsn;
+    }
+    if (old.length === d.length) return oldText.replace(/\d/g, function () { return d.charAt(i++); });
+    return '+' + n;
   }
   ns.format = safe(format);
 
