@@ -96,6 +96,15 @@ def test_content_added_later_is_swapped_too(page: Page, site: Site) -> None:
     expect(page.locator("#popup a")).to_have_text("8 (495) 000-01-01")
     assert href(page, "#popup a") == "tel:+74950000101"
 
+    # Frameworks leave comment nodes among what they insert.
+    page.evaluate("""() => {
+        const p = document.createElement('p');
+        p.id = 'after-comment';
+        p.textContent = '+7 (495) 123-45-67';
+        document.getElementById('later').append(document.createComment('v-if'), p);
+    }""")
+    expect(page.locator("#after-comment")).to_have_text(SWAPPED)
+
     # A framework re-rendering: existing text and an href changed in place.
     page.evaluate("""() => {
         document.querySelector('#local').firstChild.nodeValue = 'Новый номер: +7 (812) 555-01-02';

@@ -136,7 +136,8 @@
 
   function swapTree(root) {
     var isText = root.nodeType === 3, nodes, i, el, marked;
-    if (!root.parentNode || closest(root, OFF)) return;
+    // Comments and the like carry no visible number (and no querySelectorAll).
+    if ((!isText && root.nodeType !== 1) || !root.parentNode || closest(root, OFF)) return;
     marked = closest(root, MARKED);
     if (marked) { swapMarked(marked); if (isText) return; }
     nodes = texts(root);
@@ -161,13 +162,16 @@
     if (observer) observer.takeRecords();
   }
 
+  // One node's trouble must not cost the others their swap.
+  var swapOne = safe(swapTree);
+
   var onMutations = safe(function (records) {
     for (var i = 0, r, j; i < records.length; i++) {
       r = records[i];
       if (r.type === 'childList') {
-        for (j = 0; j < r.addedNodes.length; j++) swapTree(r.addedNodes[j]);
+        for (j = 0; j < r.addedNodes.length; j++) swapOne(r.addedNodes[j]);
       } else {
-        swapTree(r.target); // characterData on a text node, or a changed href
+        swapOne(r.target); // characterData on a text node, or a changed href
       }
     }
     if (observer) observer.takeRecords();
@@ -302,7 +306,7 @@
 
   safe(function () {
     var me = document.currentScript; // set for async scripts too, while they first run
-    if (!me) return;
+    if (!me || !window.Element || !Element.prototype.closest) return; // too old a browser: leave it be
     endpoint = me.getAttribute('data-ctrack-endpoint') || (/^https?:\/\/[^\/]+/.exec(me.src) || [''])[0];
     endpoint = endpoint.replace(/\/+$/, '');
     if (!endpoint) return;
