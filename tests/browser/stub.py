@@ -103,7 +103,7 @@ class _Session:
 class TrackerState:
     """What the stub answers and what it has seen; tests change the former."""
 
-    mode: str = "ok"  # ok | error | badjson | hang
+    mode: str = "ok"  # ok | error | badjson | hang | no-number (no pool fits: number null)
     heartbeat_seconds: float = 30
     replace: list[str] = field(default_factory=lambda: list(OFFICE_NUMBERS))
     requests: list[Recorded] = field(default_factory=list)
@@ -234,7 +234,8 @@ class StubTracker(_Base):
                 session = _Session(f"s{len(state.sessions) + 1}", visitor_id,
                                    POOL[len(state.sessions) % len(POOL)])
                 state.sessions[session.session_id] = session
-            return {"session_id": session.session_id, "number": session.number,
+            number = None if state.mode == "no-number" else session.number
+            return {"session_id": session.session_id, "number": number,
                     "heartbeat_seconds": state.heartbeat_seconds, "replace": state.replace}
 
 

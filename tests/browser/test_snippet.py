@@ -267,6 +267,22 @@ def test_an_unreachable_daemon_leaves_the_page_as_it_was(
     assert errors.page_errors == []
 
 
+def test_no_number_for_the_session_leaves_the_page_as_it_was(
+        page: Page, site: Site, tracker: StubTracker) -> None:
+    # No pool fits this page: the daemon answers 200 with "number": null.
+    tracker.state.mode = "no-number"
+    page.clock.install()
+    with page.expect_event("requestfinished", predicate=is_session_request):
+        page.goto(site.page("numbers.html"))
+    page.wait_for_timeout(200)
+
+    assert text(page, "#header-tel") == ORIGINAL
+    assert text(page, "#marked-tel") == "+7 (495) 765-43-21"
+    page.clock.run_for(60_000)
+    page.wait_for_timeout(200)
+    assert tracker.heartbeats() == []  # nothing held, nothing to keep
+
+
 def test_heartbeats_are_sent_while_the_tab_is_visible(page: Page, site: Site,
                                                       tracker: StubTracker) -> None:
     page.clock.install()  # the page's timers, moved forward by the test
