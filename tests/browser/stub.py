@@ -97,6 +97,7 @@ class _Session:
     session_id: str
     visitor_id: str
     number: str
+    visit_number: int
 
 
 @dataclass
@@ -211,7 +212,7 @@ class StubTracker(_Base):
                                      self.cors())
                 parts = urlsplit(self.path).path.strip("/").split("/")
                 if parts == ["v1", "sessions"] and isinstance(body, dict):
-                    return self.json(200, tracker._open_session(str(body.get("visitor_id"))))
+                    return self.json(200, tracker._open_session(body))
                 if len(parts) == 4 and parts[:2] == ["v1", "sessions"] and parts[3] == "heartbeat":
                     if parts[2] in state.sessions and parts[2] not in state.gone:
                         return self.json(200, {})
@@ -223,19 +224,23 @@ class StubTracker(_Base):
 
         return Handler
 
-    def _open_session(self, visitor_id: str) -> dict[str, Any]:
+    def _open_session(self, body: dict[str, Any]) -> dict[str, Any]:
         state = self.state
+        visitor_id = str(body.get("visitor_id"))
         with state.changed:
             live = [s for s in state.sessions.values()
                     if s.visitor_id == visitor_id and s.session_id not in state.gone]
             if live:
                 session = live[0]
             else:
+                visits_before = body.get("visits_before")
                 session = _Session(f"s{len(state.sessions) + 1}", visitor_id,
-                                   POOL[len(state.sessions) % len(POOL)])
+                                   POOL[len(state.sessions) % len(POOL)],
+                                   (visits_before if isinstance(visits_before, int) else 0) + 1)
                 state.sessions[session.session_id] = session
             number = None if state.mode == "no-number" else session.number
             return {"session_id": session.session_id, "number": number,
+                    "visit_number": session.visit_number,
                     "heartbeat_seconds": state.heartbeat_seconds, "replace": state.replace}
 
 

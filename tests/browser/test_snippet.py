@@ -160,7 +160,10 @@ def test_the_request_carries_the_visitor_and_the_page(
     open_numbers(page, site, referer="https://yandex.ru/search/?text=okna")
 
     (sent,) = tracker.session_posts()
-    assert set(sent.body) == {"visitor_id", "page", "referrer", "title", "ga", "ym_uid"}
+    # No pool asked for, no session to renew: those keys are left out.
+    assert set(sent.body) == {"visitor_id", "page", "referrer", "title", "ga", "ym_uid",
+                              "visits_before"}
+    assert sent.body["visits_before"] == 0
     assert sent.body["page"] == site.page("numbers.html")
     assert sent.body["referrer"] == "https://yandex.ru/search/?text=okna"
     assert sent.body["title"] == "Окна Сервис: контакты"
@@ -194,6 +197,8 @@ def test_the_visitor_keeps_its_id_across_reloads_and_tabs(
 
     visitors = [r.body["visitor_id"] for r in tracker.session_posts()]
     assert len(visitors) == 3 and len(set(visitors)) == 1
+    # The visit number the daemon gave comes back with the later page views.
+    assert [r.body["visits_before"] for r in tracker.session_posts()] == [0, 1, 1]
     # Kept in localStorage: no cookie rides along on the site's own requests.
     assert page.evaluate("localStorage.getItem('ctrack_vid')") == visitors[0]
     assert "ctrack_vid" not in {c["name"] for c in context.cookies()}
@@ -227,11 +232,13 @@ def test_the_visitor_id_lives_in_a_cookie_when_storage_is_blocked(
     assert cookies["ctrack_vid"]["expires"] > time.time() + 365 * 86400
 
 
-def test_the_endpoint_defaults_to_the_scripts_origin(page: Page, site: Site,
-                                                     tracker: StubTracker) -> None:
+def test_the_script_tag_alone_configures_it(page: Page, site: Site,
+                                            tracker: StubTracker) -> None:
+    # No data-ctrack-endpoint: the origin the script came from; data-ctrack-pool.
     page.goto(site.page("default-endpoint.html"))
     expect(page.locator("#tel")).to_have_text(SWAPPED)
-    assert len(tracker.session_posts()) == 1
+    (sent,) = tracker.session_posts()
+    assert sent.body["pool"] == "moscow"
 
 
 def is_session_request(request: Request) -> bool:
@@ -335,6 +342,9 @@ def test_a_session_the_daemon_let_go_is_replaced_by_a_new_one(
 
     posts = tracker.session_posts()
     assert len(posts) == 2 and posts[0].body["visitor_id"] == posts[1].body["visitor_id"]
+    # Named, so the daemon can give the same number back if it is still free.
+    assert "session_id" not in posts[0].body
+    assert posts[1].body["session_id"] == "s1"
     # Every place shows the new number, still in its own format.
     assert href(page, "#header-tel") == "tel:+74950000102"
     assert text(page, "#national") == "Звоните бесплатно: 8 (495) 000-01-02"

@@ -15,7 +15,8 @@
   var ns = window.ctrack = { number: null }; // the only global
 
   var TIMEOUT_MS = 3000;
-  var KEY = 'ctrack_vid';
+  var KEY = 'ctrack_vid'; // the visitor id
+  var VISITS = 'ctrack_visits'; // the last visit number the daemon gave this visitor
   var MARKED = '[data-ctrack],.ctrack-phone';
   // The opt-out, and elements whose text is not shown or is the user's input.
   var OFF = '[data-ctrack-off],script,style,noscript,template,textarea,select';
@@ -25,7 +26,7 @@
   // "this is the number", whatever digits it holds.
   var RUN = new RegExp('\\+?\\d(?:' + SEP + '\\d){5,}', 'g');
 
-  var endpoint, session, number, period, timer, starting, office, observer;
+  var endpoint, pool, session, number, period, timer, starting, office, observer;
   var targets = {}; // digits of every number to replace: office numbers and our own earlier ones
 
   function digitsOf(s) { return String(s == null ? '' : s).replace(/\D/g, ''); }
@@ -187,6 +188,7 @@
     delete targets[n];
     session = r.session_id;
     number = ns.number = String(r.number);
+    if (r.visit_number > 0) save(VISITS, String(r.visit_number | 0));
     period = Math.min(Math.max(+r.heartbeat_seconds || 30, 1), 3600) * 1000;
     buildOffice();
     swapAll(document.documentElement);
@@ -220,16 +222,21 @@
     }
   }
 
-  function start() {
+  // `renewing`: the session whose heartbeat the daemon refused, so that it
+  // can give the visitor the same number again if it is still free.
+  function start(renewing) {
     if (starting) return;
     starting = 1;
     post('/v1/sessions', {
       visitor_id: visitor(),
-      page: location.href,
+      page: location.href, // the daemon reads UTM tags and click ids from it
       referrer: document.referrer,
       title: document.title,
       ga: cookie('_ga'),
-      ym_uid: ymUid()
+      ym_uid: ymUid(),
+      visits_before: +load(VISITS) || 0,
+      pool: pool || undefined, // undefined: left out of the JSON
+      session_id: renewing
     }, function (status, r) {
       starting = 0;
       if (status === 200 && r) apply(r); // anything else: the page keeps what it shows
@@ -248,7 +255,7 @@
   function beat() {
     schedule();
     post('/v1/sessions/' + encodeURIComponent(session) + '/heartbeat', {}, function (status) {
-      if (status === 404) { clearTimeout(timer); start(); } // the daemon let it go: a new one
+      if (status === 404) { clearTimeout(timer); start(session); } // the daemon let it go: ask again
     });
   }
 
@@ -293,14 +300,20 @@
     }
   }
 
-  // First-party visitor id: localStorage, or a cookie when storage is blocked.
-  function visitor() {
-    var id = storage(KEY) || cookie(KEY);
-    if (!/^[\w-]{8,64}$/.test(id || '')) id = randomId();
-    if (!storage(KEY, id)) {
-      document.cookie = KEY + '=' + id + '; max-age=63072000; path=/; SameSite=Lax' +
+  // What the snippet keeps about the visitor lives in localStorage, or in a
+  // first-party cookie when storage is blocked.
+  function load(key) { return storage(key) || cookie(key); }
+  function save(key, value) {
+    if (!storage(key, value)) {
+      document.cookie = key + '=' + value + '; max-age=63072000; path=/; SameSite=Lax' +
         (location.protocol === 'https:' ? '; Secure' : '');
     }
+  }
+
+  function visitor() {
+    var id = load(KEY);
+    if (!/^[\w-]{8,64}$/.test(id || '')) id = randomId();
+    save(KEY, id);
     return id;
   }
 
@@ -309,6 +322,7 @@
     if (!me || !window.Element || !Element.prototype.closest) return; // too old a browser: leave it be
     endpoint = me.getAttribute('data-ctrack-endpoint') || (/^https?:\/\/[^\/]+/.exec(me.src) || [''])[0];
     endpoint = endpoint.replace(/\/+$/, '');
+    pool = me.getAttribute('data-ctrack-pool');
     if (!endpoint) return;
     // A page still loading is followed by the observer; one more pass when it
     // is parsed catches text the parser appended to nodes already swapped.
