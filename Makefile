@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/ctrackd.example.yaml
 
-.PHONY: run test venv test-deps bench lint clean
+.PHONY: run test venv test-deps browser bench lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ run: venv
 test-deps: $(BIN)/activate
 	$(BIN)/pip install --quiet -e '.[test]'
 
-test: test-deps
+# Debian's chromium for the browser tests (apt-get, as root on CI; a no-op when present).
+browser:
+	bash scripts/install-browser.sh
+
+test: test-deps browser
 	$(BIN)/python -m pytest
 
 bench: test-deps
