@@ -16,6 +16,7 @@ import json
 import random
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -125,6 +126,41 @@ def run_wrk(base: str, ids: list[str], seconds: float, concurrency: int, new_sha
     return rate, pct("50"), pct("99")
 
 
+BASELINE_APP = """
+import sys
+from aiohttp import web
+
+async def answer(request):
+    await request.read()
+    return web.json_response({"ok": True})
+
+app = web.Application()
+app.router.add_post("/{tail:.*}", answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def baseline(seconds: float, concurrency: int, folder: Path) -> tuple[float, float, float]:
+    """The same wrk load on a bare aiohttp app answering `{"ok": true}`: what the
+    framework and this machine's loopback give before ctrackd does any work."""
+    port = free_port()
+    app = folder / "baseline.py"
+    app.write_text(BASELINE_APP, encoding="utf-8")
+    proc = subprocess.Popen([str(BIN / "python"), str(app), str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        return run_wrk(f"http://127.0.0.1:{port}", ["x"], seconds, concurrency, 0.2, folder)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10_000)
@@ -161,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
           f"  p50={p50:.2f} ms  p99={p99:.2f} ms")
     print(f"  memory: {(after - before) * 1024 / max(1, len(ids)):.0f} bytes of daemon RSS per "
           f"live session ({before // 1024} -> {after // 1024} MiB)")
+    if shutil.which("wrk"):
+        base_rate, base_p50, base_p99 = baseline(args.seconds, args.concurrency, folder)
+        print(f"  baseline, a bare aiohttp app under the same load: {base_rate:8.0f} requests/s"
+              f"  p50={base_p50:.2f} ms  p99={base_p99:.2f} ms")
+        print(f"  ratio ctrackd/bare: x{rate / base_rate:.2f} of the requests/s")
     print("  (goal: >= 5000 requests/s and p99 <= 10 ms on one core)")
     return 0
 
