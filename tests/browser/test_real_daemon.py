@@ -57,7 +57,7 @@ def track(port: int, uniqueid: str, number: str) -> None:
 
 
 @pytest.fixture
-def daemon_and_site(tmp_path: Path) -> Iterator[tuple[Path, int, Site]]:
+def daemon_and_site(tmp_path: Path) -> Iterator[tuple[Path, int, Site, subprocess.Popen[bytes]]]:
     web_port, agi_port = free_port(), free_port()
     site = Site(script=f"http://127.0.0.1:{web_port}", endpoint=f"http://127.0.0.1:{web_port}")
     site.start()
@@ -84,10 +84,11 @@ web:
     try:
         wait_for_port(web_port, proc)
         wait_for_port(agi_port, proc)
-        yield config, agi_port, site
+        yield config, agi_port, site, proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
         site.stop()
 
 
@@ -99,9 +100,9 @@ VISITORS = [
 
 
 def test_three_visitors_on_a_pool_of_two(
-        daemon_and_site: tuple[Path, int, Site],
+        daemon_and_site: tuple[Path, int, Site, subprocess.Popen[bytes]],
         browser_context_factory: Callable[[], BrowserContext], screenshot_dir: Path) -> None:
-    config, agi_port, site = daemon_and_site
+    config, agi_port, site, daemon = daemon_and_site
     shown = []
     for query, _ in VISITORS:
         page = browser_context_factory().new_page()
@@ -131,10 +132,12 @@ def test_three_visitors_on_a_pool_of_two(
     if json.loads(exact[0]["session_json"])["utm_source"] == "yandex":
         assert exact[0]["channel"] == "yandex-direct"     # by the UTM rule
 
+    daemon.terminate()  # SIGTERM: it saves the pools' usage as it stops
+    assert daemon.wait(timeout=15) == 0
     pools = subprocess.run([sys.executable, "-m", "ctrackd", "pools", "-c", str(config),
                             "--format", "json"], cwd=ROOT, capture_output=True, text=True)
     assert pools.returncode == 0, pools.stderr
     (pool,) = json.loads(pools.stdout)
-    # the daemon saves usage each minute and at stop; calls are counted now
-    assert (pool["pool"], pool["size"], pool["calls"]) == ("site", 2, 3)
+    assert (pool["pool"], pool["size"], pool["calls"], pool["overflows"]) == ("site", 2, 3, 1)
+    assert (pool["peak_held"], pool["peak_demand"]) == (2, 3)
     assert pool["exact_share"] == pytest.approx(1 / 3, abs=0.001)
