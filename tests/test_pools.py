@@ -110,9 +110,12 @@ SCRIPTS: dict[str, tuple[tuple[str, ...], str, list[tuple]]] = {
         holder(C, 200, "s3", EXPIRED)]),           # the latest released keeps its grace
     "never used numbers before released ones": ((A, B), "shared", [
         lease("s1", 0, A), lease("s2", 150, B), holder(A, 150, "s1", EXPIRED)]),
-    "a preferred free number is taken first": ((A, B), "shared", [
-        lease("s1", 0, A), lease("s2", 0, B), lease("s3", 200, B, prefer=B),
+    "a preferred free number is taken first when we held it last": ((A, B), "shared", [
+        lease("s1", 0, A), lease("s2", 0, B), lease("s2", 200, B, prefer=B),
         holder(A, 200, "s1", EXPIRED)]),
+    "a preferred number someone else held last is not taken back": ((A, B), "shared", [
+        lease("s1", 0, A), lease("s2", 0, B), lease("s3", 200, A, prefer=B),
+        holder(B, 200, "s2", EXPIRED)]),
     "a preferred number held by others is not taken": ((A, B), "shared", [
         lease("s1", 0, A), lease("s2", 1, B, prefer=A)]),
     "overflow shares the least recently active held number": ((A, B), "shared", [
@@ -475,3 +478,29 @@ def test_recommended_size(load: float, blocking: float, extra: float, size: int)
     rate = extra / 3600
     assert recommended_size(load, blocking=blocking, lease_rate=rate,
                             grace_seconds=3600) == size
+
+
+def test_a_returning_visitor_does_not_take_back_a_number_someone_else_held_since() -> None:
+    """V held N1, then W held N1 and left; V comes back: N1 stays W's (W may call in grace)."""
+    import itertools
+
+    from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call
+    from ctrackd.attribution.sessions import normalise_visit
+
+    counter = itertools.count(1)
+    plan = DynamicPlan([PoolSpec(name="p", numbers=("+74950000001", "+74950000002",
+                                                    "+74950000003"),
+                                 hold_seconds=60, grace_seconds=3600)],
+                       new_session_id=lambda: f"s{next(counter)}")
+    visit = lambda who: normalise_visit({"visitor_id": who})  # noqa: E731
+    v_session, v_lease = plan.start_session(visit("V"), 0.0)
+    n1 = v_lease.number
+    # V lets go; the other two numbers are taken and let go after, so N1 is next for W
+    for i, t in enumerate((100.0, 101.0)):
+        plan.start_session(visit(f"X{i}"), t)
+    _, w_lease = plan.start_session(visit("W"), 300.0)
+    assert w_lease.number == n1
+    _, v_again = plan.start_session(visit("V"), 500.0)        # W's hold has lapsed by now
+    assert v_again.number != n1
+    session, confidence = attribute_pool_call(plan, n1, 600.0)  # W calls in grace
+    assert session is not None and session.visitor_id == "W"

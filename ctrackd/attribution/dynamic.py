@@ -128,16 +128,17 @@ class DynamicPlan:
 
     def _first_lease(self, session: VisitorSession, previous: VisitorSession | None,
                      pool_name: str | None, now: float) -> Lease | None:
-        prefer = None
+        prefer = prefer_from = None
         if previous is not None and previous.pool is not None:
             # The visitor's number follows it into its new visit when it can.
             self.pools[previous.pool].release(previous.session_id, now)
-            prefer = previous.number
+            prefer, prefer_from = previous.number, previous.session_id
         pool = (self.pools.get(pool_name) if pool_name else None) or (
             self._by_channel.get(session.channel) or self._by_channel.get(None))
         if pool is None:
             return None
-        return _remember(session, pool.lease(session.session_id, now, prefer=prefer))
+        return _remember(session, pool.lease(session.session_id, now, prefer=prefer,
+                                             prefer_from=prefer_from))
 
     def _renew(self, session: VisitorSession, now: float) -> Lease | None:
         if session.pool is None:

@@ -130,17 +130,23 @@ class PoolState:
 
     # -- changes --------------------------------------------------------------
 
-    def lease(self, session_id: str, now: float, prefer: str | None = None) -> Lease:
+    def lease(self, session_id: str, now: float, prefer: str | None = None,
+              prefer_from: str | None = None) -> Lease:
         """The session's number: its current one while held (refreshed), else a new lease.
 
-        `prefer` (the session's previous number) is taken when it is free: it
-        still maps to this very visitor, so reusing it misleads nobody.
+        `prefer` (the session's previous number) is taken when it is free and
+        its last holder was this session or `prefer_from` (the visitor's
+        previous session): then it still maps to this very visitor, so
+        reusing it misleads nobody. Held by someone else since, it is not
+        ours to take back: that holder's calls in grace would become ours.
         """
         now = self.expire(now)
         current = self._leases.get(session_id)
         if current is not None:
             self._touch(current, now)
             return self._view(current)
+        if prefer is not None and self._last_holder(prefer) not in (session_id, prefer_from):
+            prefer = None
         lease = self._new_lease(session_id, now, prefer)
         self._leases[session_id] = lease
         if not lease.fixed:
@@ -237,6 +243,10 @@ class PoolState:
             number = next(iter(self._held))  # the least recently active held number
             return _Lease(session_id, number, now, now, overflow=True)
         return _Lease(session_id, self.spec.overflow, now, now, fixed=True, overflow=True)
+
+    def _last_holder(self, number: str) -> str | None:
+        released = self._released.get(number)
+        return released[-1].session_id if released else None
 
     def _touch(self, lease: _Lease, now: float) -> None:
         lease.last_seen = now
