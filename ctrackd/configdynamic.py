@@ -53,6 +53,7 @@ def pools_section(r: Reader, node: Node | None, channels: dict[str, Channel],
         return ()
     pools: list[PoolSpec] = []
     taken: dict[str, str] = {}  # DID -> the pool that has it
+    fixed_overflows: list[tuple[str, Node, str]] = []
     for key_node, value in r.entries(node, "pools"):
         name = r.pattern(key_node, "pools", KEY, "a pool name of letters, digits, '_', '.', '-'")
         path = f"pools.{name}"
@@ -76,6 +77,8 @@ def pools_section(r: Reader, node: Node | None, channels: dict[str, Channel],
             text = r.text(m["overflow"], f"{path}.overflow")
             overflow = text if text == OVERFLOW_SHARED else _did(
                 r, m["overflow"], f"{path}.overflow", region)
+            if overflow != OVERFLOW_SHARED:
+                fixed_overflows.append((overflow, m["overflow"], f"{path}.overflow"))
         channel = m.get("channel")
         channel_key = r.text(channel, f"{path}.channel") if channel is not None else None
         if channel_key is not None and channel_key not in channels:
@@ -94,6 +97,12 @@ def pools_section(r: Reader, node: Node | None, channels: dict[str, Channel],
                             if forward is not None else None)))
         except ValueError as exc:  # the core's own consistency checks
             r.fail(value, path, "a consistent pool", str(exc))
+    for did, node, path in fixed_overflows:
+        # Shown to everyone when the pool is full: were it a pool number too,
+        # its calls would go to whichever session holds it there.
+        if did in taken:
+            r.fail(node, path, f"a number in no pool (it is {did}, in {taken[did]})",
+                   "a pool number")
     return tuple(pools)
 
 

@@ -167,3 +167,11 @@ def test_bad_dynamic_sections(tmp_path: Path, extra: str, message: str) -> None:
         load_config(path)
     assert message in str(raised.value), str(raised.value)
     assert str(raised.value).startswith(f"{path}:")
+
+
+def test_an_overflow_number_must_not_be_a_pool_number(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + 'pools:\n  a:\n    numbers: ["+74950000101"]\n'
+                 '    overflow: "+74950000201"\n  b:\n    numbers: ["+74950000201"]\n')
+    with pytest.raises(ConfigError, match=r":17:15: pools.a.overflow: expected a number in no "
+                                          r"pool \(it is \+74950000201, in pools.b\)"):
+        load_config(path)
