@@ -50,6 +50,23 @@ _RESTART_ONLY = ("ami", "agi", "store", "web")
 POOL_TICK = 60.0
 
 
+class SteadyClock:
+    """Epoch seconds that never step: the start's wall clock plus monotonic time since.
+
+    The web side leases numbers and the AGI side asks who held one at a
+    call's start: both must read one clock that an NTP step or a bad RTC
+    cannot move backwards or far ahead (a step back left pool numbers with no
+    holder, a step ahead froze every hold). It may drift from the wall clock
+    by NTP's slew over weeks, which a start time can bear.
+    """
+
+    def __init__(self) -> None:
+        self._epoch, self._mono = time.time(), time.monotonic()
+
+    def __call__(self) -> float:
+        return self._epoch + (time.monotonic() - self._mono)
+
+
 def build_dynamic(config: Config) -> DynamicPlan | None:
     """The pools and UTM rules of the config as a live plan (None without pools).
 
@@ -67,6 +84,7 @@ class Daemon:
         self._plan: StaticPlan = config.static_plan()
         self.dynamic: DynamicPlan | None = build_dynamic(config)
         self._stop_grace = stop_grace
+        self.clock = SteadyClock()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -99,14 +117,14 @@ class Daemon:
             queue=queue, tracker=self.tracker, save_progress=self.store.save_progress,
             request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished)
         track = TrackRoute(plan=lambda: self._plan, save=self._saver(queue),
-                           dynamic=lambda: self.dynamic)
+                           dynamic=lambda: self.dynamic, clock=self.clock)
         self.agi = AgiServer(build_routes(track), host=cfg.agi.host, port=cfg.agi.port,
                              max_sessions=cfg.agi.max_sessions,
                              session_timeout=cfg.agi.session_timeout,
                              env_timeout=cfg.agi.env_timeout)
         self.agi_address = await self.agi.start()
         if cfg.web is not None:
-            self.web = WebServer(cfg.web, lambda: self.dynamic)
+            self.web = WebServer(cfg.web, lambda: self.dynamic, clock=self.clock)
             self.web_address = await self.web.start()
         if self.dynamic is not None:
             self._watch(asyncio.create_task(self._pool_housekeeping(), name="pools"))
@@ -198,13 +216,13 @@ class Daemon:
         while True:
             await asyncio.sleep(POOL_TICK)
             if self.dynamic is not None:
-                self.dynamic.expire(time.time())
+                self.dynamic.expire(self.clock())
             await self._save_pool_usage()
 
     async def _save_pool_usage(self) -> None:
         """The current and previous usage buckets of every pool, for `ctrackd pools`."""
         assert self.store is not None
-        plan, now = self.dynamic, time.time()
+        plan, now = self.dynamic, self.clock()
         if plan is None:
             return
         rows = []
