@@ -159,3 +159,21 @@ async def test_without_pools_it_says_so(clock: Clock) -> None:
             assert status == 503 and "no number pools" in body["error"]
     finally:
         await server.stop()
+
+
+async def test_deep_json_and_a_visitor_leaving_mid_body(site) -> None:
+    import asyncio
+
+    base, _, http = site
+    async with http.post(f"{base}/v1/sessions", data=b"[" * 5000,
+                         headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 400 and (await r.json())["error"] == "the body is not valid JSON"
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nOrigin: " + ORIGIN.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"vis")
+    await writer.drain()
+    writer.transport.abort()  # gone before the body is complete
+    await asyncio.sleep(0.1)
+    status, _ = await ask(http, base, visitor_id="after")  # the server is fine
+    assert status == 200

@@ -16,6 +16,7 @@ event loop, no awaits in between, so no locks are needed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,9 @@ from ctrackd.web.ratelimit import RateLimiter
 log = structlog.get_logger("ctrackd.web")
 
 SNIPPET = Path(__file__).resolve().parent / "static" / "ctrack.js"
+#: seconds a request body may take to arrive; seconds an idle keep-alive connection stays
+BODY_SECONDS = 5.0
+KEEPALIVE_SECONDS = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -63,7 +67,10 @@ class WebServer:
         app.router.add_post("/v1/sessions", self._post_session)
         app.router.add_post("/v1/sessions/{session_id}/heartbeat", self._post_heartbeat)
         app.router.add_route("OPTIONS", "/v1/{tail:.*}", self._preflight)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # keepalive_timeout: an idle visitor's connection is closed soon, so
+        # sockets (shared with the AGI listener) are not held by the idle.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=KEEPALIVE_SECONDS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.host, self._config.port)
         await site.start()
@@ -100,6 +107,8 @@ class WebServer:
             response = _error(404, "not found")
         except web.HTTPException as exc:
             response = _error(exc.status, exc.reason)
+        except ConnectionError:  # the visitor left mid-request: nobody to answer
+            raise
         except Exception:  # a bug of ours: logged, and the page keeps its office number
             log.exception("web_request_failed", path=request.path)
             response = _error(500, "internal error")
@@ -183,8 +192,13 @@ class WebServer:
         if request.content_type != "application/json":
             return _error(415, "send JSON (Content-Type: application/json)")
         try:
-            body = json.loads(await request.read())
-        except (UnicodeDecodeError, ValueError):
+            async with asyncio.timeout(BODY_SECONDS):  # a body trickled in holds a socket
+                raw = await request.read()
+        except TimeoutError:
+            return _error(408, f"the body did not arrive within {BODY_SECONDS:g} s")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError):  # "[[[[..." too deep
             return _error(400, "the body is not valid JSON")
         if not isinstance(body, dict):
             return _error(400, "the body must be a JSON object")
