@@ -142,16 +142,18 @@ def _channel_start(agi: Any) -> float:
 def _attribute(config: Config, env: dict[str, str], call_id: str, now: float) -> Attribution:
     from dataclasses import replace
 
-    from ctrackd.attribution.plan import attribute_static, fallback_attribution
+    from ctrackd.attribution.attribute import attribute_call
+    from ctrackd.attribution.plan import fallback_attribution
     from ctrackd.attribution.records import Tracking
 
     plan = config.static_plan()
     did = _env(env, "agi_extension") or _env(env, "agi_dnid")
     caller_name = _env(env, "agi_calleridname")
     try:
-        return attribute_static(plan, call_id=call_id, did=did,
-                                caller=_env(env, "agi_callerid"), caller_name=caller_name,
-                                now=now, tracking=Tracking.FALLBACK)
+        # no live sessions here: a pool number still goes to its pool's target
+        return attribute_call(plan, None, call_id=call_id, did=did,
+                              caller=_env(env, "agi_callerid"), caller_name=caller_name,
+                              now=now, pools=config.pools, tracking=Tracking.FALLBACK)
     except Exception as exc:  # still forward to the default target, and say why
         _log("call_attribution_failed", call_id=call_id, error=_describe(exc), traceback=True)
         fallback = fallback_attribution(plan, call_id=call_id, did=did, caller=None,

@@ -80,3 +80,14 @@ def test_pool_number_nobody_ever_held() -> None:
 def test_without_pools_a_pool_like_number_is_just_unknown(dynamic: None) -> None:
     a = call(dynamic, "+74950000101", 10.0)
     assert (a.tracking, a.note) == (Tracking.STATIC, "unknown_did")
+
+
+def test_without_the_daemon_a_pool_number_still_goes_to_its_pools_target() -> None:
+    """ctrackd-agi has no sessions, but knows the pools from the config."""
+    spec = PoolSpec(name="spb", numbers=("+78120000101",), channel="yandex",
+                    forward_to="PJSIP/spb-office")
+    a = attribute_call(STATIC, None, call_id="c2", did="88120000101", caller=None,
+                       caller_name=None, now=1.0, pools=[spec], tracking=Tracking.FALLBACK)
+    assert (a.tracking, a.forward_to, a.pool, a.confidence, a.note) == (
+        Tracking.FALLBACK, "PJSIP/spb-office", "spb", "none", "no_session")
+    assert (a.channel, a.label) == ("yandex", "Яндекс.Директ")

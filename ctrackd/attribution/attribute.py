@@ -8,23 +8,42 @@ and how sure); everything else is static (plan.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call, call_channel
 from ctrackd.attribution.numbers import normalise_number
 from ctrackd.attribution.plan import StaticPlan, attribute_static, recording_path
-from ctrackd.attribution.pools import Confidence
+from ctrackd.attribution.pools import Confidence, PoolSpec
 from ctrackd.attribution.records import Attribution, Tracking
 from ctrackd.attribution.sessions import session_fields
 
 
 def attribute_call(static: StaticPlan, dynamic: DynamicPlan | None, *, call_id: str,
                    did: str | None, caller: str | None, caller_name: str | None,
-                   now: float) -> Attribution:
+                   now: float, pools: Sequence[PoolSpec] = (),
+                   tracking: Tracking = Tracking.STATIC) -> Attribution:
+    """`pools` serve when there is no live plan (ctrackd-agi while the daemon is
+    down): a pool number still goes to its pool's target, with no session."""
     did_e164 = normalise_number(did, static.region)
     if dynamic is not None and did_e164 is not None and did_e164 in dynamic.by_number:
         return _attribute_pool_number(static, dynamic, call_id=call_id, did=did_e164,
                                       caller=caller, caller_name=caller_name, now=now)
-    return attribute_static(static, call_id=call_id, did=did, caller=caller,
-                            caller_name=caller_name, now=now)
+    attribution = attribute_static(static, call_id=call_id, did=did, caller=caller,
+                                   caller_name=caller_name, now=now, tracking=tracking)
+    spec = next((p for p in pools if did_e164 in p.numbers), None)
+    if dynamic is None and spec is not None:
+        channel = static.channels.get(spec.channel) if spec.channel else None
+        return replace(
+            attribution, channel=channel.key if channel else None,
+            source=channel.source if channel else None,
+            medium=channel.medium if channel else None,
+            campaign=channel.campaign if channel else None,
+            label=channel.label if channel else spec.name,
+            forward_to=(spec.forward_to or (channel.forward_to if channel else None)
+                        or static.default_forward),
+            note="no_session", pool=spec.name, confidence=Confidence.NONE.value)
+    return attribution
 
 
 def _attribute_pool_number(static: StaticPlan, dynamic: DynamicPlan, *, call_id: str, did: str,
