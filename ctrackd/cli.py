@@ -92,8 +92,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def check_config_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    pools = sum(len(p.numbers) for p in config.pools)
+    web = f", web on {config.web.host}:{config.web.port}" if config.web else ""
     print(f"{args.config}: ok: {len(config.channels)} channels, {len(config.numbers)} numbers,"
-          f" store {config.store.path}")
+          f" {len(config.pools)} pools ({pools} numbers){web}, store {config.store.path}")
     return 0
 
 

@@ -24,7 +24,13 @@ from ctrackd.attribution.numbers import normalise_number
 from ctrackd.attribution.plan import Channel, StaticPlan, TrackingNumber
 from ctrackd.attribution.pools import PoolSpec
 from ctrackd.attribution.sessions import UtmRule
-from ctrackd.configdynamic import WebConfig, pools_section, utm_rules_section, web_section
+from ctrackd.configdynamic import (
+    WebConfig,
+    check_web_against_pools,
+    pools_section,
+    utm_rules_section,
+    web_section,
+)
 from ctrackd.configschema import DIAL, DIAL_EXPECTED, KEY, Node, Reader
 
 
@@ -134,14 +140,15 @@ def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
     channels = _channels(r, top.get("channels"))
     defaults = _defaults(r, top["defaults"])
     numbers = _numbers(r, top.get("numbers"), channels, region)
+    pools = pools_section(r, top.get("pools"), channels, numbers, region)
+    web = web_section(r, top.get("web"), region)
+    check_web_against_pools(r, top.get("web"), web, pools)
     return Config(
         source=source, ami=_ami(r, top["ami"]), agi=_agi(r, top.get("agi")),
         store=_store(r, top["store"], source), recordings=_recordings(r, top.get("recordings")),
         defaults=defaults, phone_region=region, channels=channels, numbers=numbers,
         log=_log(r, top.get("log")),
-        pools=pools_section(r, top.get("pools"), channels, numbers, region),
-        utm_rules=utm_rules_section(r, top.get("utm_rules"), channels),
-        web=web_section(r, top.get("web"), region),
+        pools=pools, utm_rules=utm_rules_section(r, top.get("utm_rules"), channels), web=web,
     )
 
 

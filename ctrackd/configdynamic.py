@@ -142,8 +142,9 @@ def web_section(r: Reader, node: Node | None, region: str) -> WebConfig | None:
                                 "max_body_bytes", "rate_limit", "trust_forwarded"},
                   required={"origins", "replace"})
     host, port = r.address(m["listen"], "web.listen") if "listen" in m else ("127.0.0.1", 8080)
-    origins = tuple(r.pattern(item, "web.origins", _ORIGIN,
-                              "an origin such as https://example.com (scheme, host, port)")
+    origins = tuple(_origin(r.pattern(item, "web.origins", _ORIGIN,
+                                      "an origin such as https://example.com (scheme, host, "
+                                      "port)"))
                     for item in _items(r, m["origins"], "web.origins"))
     replace = tuple(_did(r, item, "web.replace", region)
                     for item in _items(r, m["replace"], "web.replace"))
@@ -164,6 +165,29 @@ def web_section(r: Reader, node: Node | None, region: str) -> WebConfig | None:
         rate_limit=limit,
         trust_forwarded=r.boolean(m.get("trust_forwarded"), "web.trust_forwarded",
                                   default=False))
+
+
+def _origin(text: str) -> str:
+    """As a browser sends it: lower-case, no default port (else it never matches)."""
+    scheme, _, rest = text.lower().partition("://")
+    default = {"http": ":80", "https": ":443"}[scheme]
+    return f"{scheme}://{rest.removesuffix(default)}"
+
+
+def check_web_against_pools(r: Reader, node: Node | None, web: WebConfig | None,
+                            pools: tuple[PoolSpec, ...]) -> None:
+    """The web side lends pool numbers: without pools, or with holds shorter than
+    two heartbeats (numbers lapsing between beats), it cannot work."""
+    if web is None or node is None:
+        return
+    if not pools:
+        r.fail(node, "web", "a pools: section too (the web side lends pool numbers)",
+               "no pools")
+    for spec in pools:
+        if spec.hold_seconds < 2 * web.heartbeat_seconds:
+            r.fail(node, "web.heartbeat_seconds",
+                   f"at most half of every pool's hold_seconds (pool {spec.name!r} holds "
+                   f"{spec.hold_seconds:g} s)", str(web.heartbeat_seconds))
 
 
 def _items(r: Reader, node: Node, path: str) -> list[Node]:

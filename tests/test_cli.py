@@ -92,7 +92,7 @@ def run(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str, str]
 def test_check_config(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, out, _ = run(capsys, "check-config", "-c", str(config))
     assert code == 0
-    assert out.strip() == (f"{config}: ok: 2 channels, 1 numbers,"
+    assert out.strip() == (f"{config}: ok: 2 channels, 1 numbers, 0 pools (0 numbers),"
                            f" store {config.parent / 'var' / 'calls.sqlite3'}")
 
 

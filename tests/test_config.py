@@ -175,3 +175,23 @@ def test_an_overflow_number_must_not_be_a_pool_number(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r":17:15: pools.a.overflow: expected a number in no "
                                           r"pool \(it is \+74950000201, in pools.b\)"):
         load_config(path)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('web:\n  origins: ["https://a.ru"]\n  replace: ["+74951234567"]\n',
+     "web: expected a pools: section too"),
+    ('pools:\n  p:\n    numbers: ["+74950000101"]\n    hold_seconds: 30\n'
+     'web:\n  origins: ["https://a.ru"]\n  replace: ["+74951234567"]\n',
+     "web.heartbeat_seconds: expected at most half of every pool's hold_seconds"),
+])
+def test_web_needs_pools_that_hold_across_heartbeats(tmp_path: Path, extra: str,
+                                                     message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, GOOD + extra))
+
+
+def test_origins_are_kept_as_browsers_send_them(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD + 'pools:\n  p:\n    numbers: ["+74950000101"]\n'
+                               'web:\n  origins: ["https://Shop.Example.com:443", '
+                               '"http://a.ru:8080"]\n  replace: ["+74951234567"]\n'))
+    assert config.web.origins == ("https://shop.example.com", "http://a.ru:8080")
