@@ -85,6 +85,7 @@ class Daemon:
         self.dynamic: DynamicPlan | None = build_dynamic(config)
         self._stop_grace = stop_grace
         self.clock = SteadyClock()
+        self._run = time.time()  # this run's key in pool_usage
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -231,7 +232,8 @@ class Daemon:
             if usage is None:
                 continue
             for bucket in usage.snapshot(now, since=now - 2 * usage.width):
-                rows.append({"pool": name, "start": bucket.start, "width": usage.width,
+                rows.append({"pool": name, "start": bucket.start, "run": self._run,
+                             "width": usage.width,
                              "held_seconds": bucket.held_seconds,
                              "demand_seconds": bucket.demand_seconds,
                              "peak_held": bucket.peak_held, "peak_demand": bucket.peak_demand,

@@ -43,7 +43,7 @@ VISITORS = [
 
 async def test_three_visitors_a_pool_of_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                             ) -> None:
-    ami = FakeAmi(username="ctrackd", secret="secret")
+    ami = FakeAmi(username="ctrackd", secret="secret", port=0)
     await ami.start()
     path = tmp_path / "ctrackd.yaml"
     path.write_text(CONFIG.format(ami_port=ami.port) + POOLS, encoding="utf-8")
@@ -90,6 +90,10 @@ async def test_three_visitors_a_pool_of_two(tmp_path: Path, capsys: pytest.Captu
         assert (exact["source"], exact["campaign"]) == ("google", "brand")
         assert exact_session["gclid"] == "g-1"
 
+    # A restart within the same 5-minute bucket must not wipe the first run's figures.
+    again = Daemon(load_config(path), stop_grace=1.0)
+    await again.start()
+    await again.stop()
     capsys.readouterr()  # the daemon's own log lines so far
     assert cli(["pools", "-c", str(path), "--format", "json"]) == 0
     (pool,) = json.loads(capsys.readouterr().out)

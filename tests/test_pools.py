@@ -504,3 +504,20 @@ def test_a_returning_visitor_does_not_take_back_a_number_someone_else_held_since
     assert v_again.number != n1
     session, confidence = attribute_pool_call(plan, n1, 600.0)  # W calls in grace
     assert session is not None and session.visitor_id == "W"
+
+
+def test_a_page_asking_for_another_pool_gets_that_pools_number() -> None:
+    """A site with a pool per city: the SPb page must show an SPb number, not the last one."""
+    import itertools
+
+    from ctrackd.attribution.dynamic import DynamicPlan
+    from ctrackd.attribution.sessions import normalise_visit
+
+    counter = itertools.count(1)
+    plan = DynamicPlan([PoolSpec(name="moscow", numbers=("+74950000001",)),
+                        PoolSpec(name="spb", numbers=("+78120000001",))],
+                       new_session_id=lambda: f"s{next(counter)}")
+    _, moscow = plan.start_session(normalise_visit({"visitor_id": "v", "pool": "moscow"}), 0.0)
+    session, spb = plan.start_session(normalise_visit({"visitor_id": "v", "pool": "spb"}), 10.0)
+    assert (moscow.number, spb.number, session.pool) == ("+74950000001", "+78120000001", "spb")
+    assert plan.pools["moscow"].held == 0  # the Moscow number is free for the next visitor

@@ -66,6 +66,13 @@ class DynamicPlan:
                                     or not starts_new_visit(current, visit)):
             see_page(current, visit, now)
             self.sessions.move_to_end(current.session_id)
+            if visit.pool in self.pools and visit.pool != current.pool:
+                # This page asks for another pool (the SPb page of a site with a
+                # pool per city): its number, not the one from the last page.
+                if current.pool is not None:
+                    self.pools[current.pool].release(current.session_id, now)
+                return current, _remember(current, self.pools[visit.pool].lease(
+                    current.session_id, now))
             return current, self._renew(current, now)
         session = self._open(visit, current, now)
         return session, self._first_lease(session, current, visit.pool, now)

@@ -16,10 +16,12 @@ def usage_buckets(conn: sqlite3.Connection, since: float, until: float
                   ) -> dict[str, tuple[float, list[UsageBucket]]]:
     """pool -> (bucket width, its buckets starting in [since, until))."""
     result: dict[str, tuple[float, list[UsageBucket]]] = {}
+    # Runs of the daemon within one bucket add up; their peaks do not.
     for row in conn.execute(
-            "SELECT pool, start, width, held_seconds, demand_seconds, peak_held, peak_demand,"
-            " leases, overflows FROM pool_usage WHERE start >= ? AND start < ?"
-            " ORDER BY pool, start", (since, until)):
+            "SELECT pool, start, max(width), sum(held_seconds), sum(demand_seconds),"
+            " max(peak_held), max(peak_demand), sum(leases), sum(overflows) FROM pool_usage"
+            " WHERE start >= ? AND start < ? GROUP BY pool, start ORDER BY pool, start",
+            (since, until)):
         width, bucket = row[2], UsageBucket(start=row[1], held_seconds=row[3],
                                             demand_seconds=row[4], peak_held=row[5],
                                             peak_demand=row[6], leases=row[7],

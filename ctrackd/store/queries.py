@@ -98,13 +98,13 @@ def _multi_row_sql(statement: str, count: int) -> tuple[str, tuple[str, ...]]:
 #: rows per multi-row statement: SQLite allows 32766 variables per statement
 MAX_ROWS_PER_STATEMENT = 500
 
-# A pool's usage bucket: the daemon rewrites the bucket in progress each minute.
+# A pool's usage bucket: each daemon run rewrites its bucket in progress each minute.
 UPSERT_POOL_USAGE = """
-INSERT INTO pool_usage (pool, start, width, held_seconds, demand_seconds, peak_held,
+INSERT INTO pool_usage (pool, start, run, width, held_seconds, demand_seconds, peak_held,
                         peak_demand, leases, overflows)
-VALUES (:pool, :start, :width, :held_seconds, :demand_seconds, :peak_held, :peak_demand,
+VALUES (:pool, :start, :run, :width, :held_seconds, :demand_seconds, :peak_held, :peak_demand,
         :leases, :overflows)
-ON CONFLICT (pool, start) DO UPDATE SET
+ON CONFLICT (pool, start, run) DO UPDATE SET
     width = excluded.width, held_seconds = excluded.held_seconds,
     demand_seconds = excluded.demand_seconds, peak_held = excluded.peak_held,
     peak_demand = excluded.peak_demand, leases = excluded.leases, overflows = excluded.overflows

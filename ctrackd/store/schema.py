@@ -97,6 +97,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         PRIMARY KEY (pool, start)
     );
     """),
+    (3, """
+    -- Each daemon run writes its own rows: a restart within a bucket must
+    -- not overwrite the first run's figures with its own from zero.
+    CREATE TABLE pool_usage_runs (
+        pool           TEXT NOT NULL,
+        start          REAL NOT NULL,
+        run            REAL NOT NULL,            -- the daemon's start, epoch seconds
+        width          REAL NOT NULL,
+        held_seconds   REAL NOT NULL,
+        demand_seconds REAL NOT NULL,
+        peak_held      INTEGER NOT NULL,
+        peak_demand    INTEGER NOT NULL,
+        leases         INTEGER NOT NULL,
+        overflows      INTEGER NOT NULL,
+        PRIMARY KEY (pool, start, run)
+    );
+    INSERT INTO pool_usage_runs SELECT pool, start, 0, width, held_seconds, demand_seconds,
+        peak_held, peak_demand, leases, overflows FROM pool_usage;
+    DROP TABLE pool_usage;
+    ALTER TABLE pool_usage_runs RENAME TO pool_usage;
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
