@@ -18,7 +18,8 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call, summarise_usage
+from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call
+from ctrackd.attribution.usage import summarise_usage
 from ctrackd.attribution.pools import PoolSpec
 from ctrackd.attribution.sessions import normalise_visit
 

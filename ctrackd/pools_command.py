@@ -28,7 +28,7 @@ def pools_arguments(p: argparse.ArgumentParser, range_arguments: Any,
 
 def pools_rows(config: Any, conn: Any, since: float | None, until: float | None
                ) -> list[dict[str, Any]]:
-    from ctrackd.attribution.dynamic import summarise_usage
+    from ctrackd.attribution.usage import summarise_usage
     from ctrackd.store.pools import call_confidence, usage_buckets
 
     until = until if until is not None else time.time()

@@ -15,14 +15,8 @@ from typing import Any
 
 import pytest
 
-from ctrackd.attribution.dynamic import (
-    DynamicPlan,
-    Usage,
-    attribute_pool_call,
-    call_channel,
-    recommended_size,
-    summarise_usage,
-)
+from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call, call_channel
+from ctrackd.attribution.usage import Usage, recommended_size, summarise_usage
 from ctrackd.attribution.pools import Confidence, Lease, PoolSpec, PoolState
 from ctrackd.attribution.sessions import (
     LIMITS,

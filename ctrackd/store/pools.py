@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from ctrackd.attribution.dynamic import UsageBucket
+from ctrackd.attribution.usage import UsageBucket
 
 
 def usage_buckets(conn: sqlite3.Connection, since: float, until: float
