@@ -38,7 +38,6 @@ class WebConfig:
     trust_forwarded: bool = False        # take the client address from X-Forwarded-For
 
 
-
 def _did(r: Reader, node: Node, path: str, region: str) -> str:
     raw = r.text(node, path)
     did = normalise_number(raw, region)
@@ -48,7 +47,7 @@ def _did(r: Reader, node: Node, path: str, region: str) -> str:
 
 
 def pools_section(r: Reader, node: Node | None, channels: dict[str, Channel],
-           static: dict[str, TrackingNumber], region: str) -> tuple[PoolSpec, ...]:
+                  static: dict[str, TrackingNumber], region: str) -> tuple[PoolSpec, ...]:
     if node is None:
         return ()
     pools: list[PoolSpec] = []
@@ -106,7 +105,8 @@ def pools_section(r: Reader, node: Node | None, channels: dict[str, Channel],
     return tuple(pools)
 
 
-def utm_rules_section(r: Reader, node: Node | None, channels: dict[str, Channel]) -> tuple[UtmRule, ...]:
+def utm_rules_section(r: Reader, node: Node | None,
+                      channels: dict[str, Channel]) -> tuple[UtmRule, ...]:
     if node is None:
         return ()
     if not isinstance(node, yaml.SequenceNode):
