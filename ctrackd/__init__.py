@@ -1,3 +1,6 @@
-"""ctrackd: a call-tracking daemon for Asterisk (FastAGI attribution, AMI follow-up, SQLite store)."""
+"""ctrackd: a call-tracking daemon for Asterisk.
+
+FastAGI attribution, AMI follow-up, a SQLite store, and a web side for number pools.
+"""
 
 __version__ = "0.1.0"

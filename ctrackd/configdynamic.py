@@ -81,8 +81,8 @@ def pools_section(r: Reader, node: Node | None, channels: dict[str, Channel],
         channel = m.get("channel")
         channel_key = r.text(channel, f"{path}.channel") if channel is not None else None
         if channel_key is not None and channel_key not in channels:
-            r.fail(channel, f"{path}.channel", f"one of the channels ({', '.join(sorted(channels))})",
-                   repr(channel_key))
+            r.fail(channel, f"{path}.channel",
+                   f"one of the channels ({', '.join(sorted(channels))})", repr(channel_key))
         forward = m.get("forward_to")
         try:
             pools.append(PoolSpec(
