@@ -4,7 +4,8 @@
 (docs/snippet.md): `GET /ctrack.js`, the CORS preflight, `POST /v1/sessions`
 and `POST /v1/sessions/{id}/heartbeat`. It records every request so tests can
 assert what the snippet sent, and can be told to fail in the ways a real
-daemon or network fails (500, bad JSON, a hang).
+daemon or network fails (500, bad JSON, a hang), to fail only new sessions
+(a renewal that fails), or to answer odd values.
 
 `Site` serves the test pages from another port, hence another origin, as a
 customer's website would; `{{SCRIPT}}` and `{{ENDPOINT}}` in a page become
@@ -107,6 +108,11 @@ class TrackerState:
     mode: str = "ok"  # ok | error | badjson | hang | no-number (no pool fits: number null)
     heartbeat_seconds: float = 30
     replace: list[str] = field(default_factory=lambda: list(OFFICE_NUMBERS))
+    # Keys laid over every POST /v1/sessions answer: a daemon answering odd things.
+    answer: dict[str, Any] = field(default_factory=dict)
+    # How POST /v1/sessions alone fails (heartbeats still answer):
+    # "" (it does not) | "429" | "500" | "hang" | "drop" (connection closed, no answer).
+    sessions_fail: str = ""
     requests: list[Recorded] = field(default_factory=list)
     sessions: dict[str, _Session] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)  # session ids that answer 404
@@ -211,6 +217,8 @@ class StubTracker(_Base):
                     return self.send(200, b"<html>gateway says hi</html>", "text/html",
                                      self.cors())
                 parts = urlsplit(self.path).path.strip("/").split("/")
+                if parts == ["v1", "sessions"] and state.sessions_fail:
+                    return self.fail_session(state.sessions_fail)
                 if parts == ["v1", "sessions"] and isinstance(body, dict):
                     return self.json(200, tracker._open_session(body))
                 if len(parts) == 4 and parts[:2] == ["v1", "sessions"] and parts[3] == "heartbeat":
@@ -218,6 +226,15 @@ class StubTracker(_Base):
                         return self.json(200, {})
                     return self.json(404, {"error": "no such session"})
                 return self.json(404, {"error": "not found"})
+
+            def fail_session(self, how: str) -> None:
+                if how == "hang":
+                    state.released.wait(15)
+                    return self.json(200, {"error": "too late"})
+                if how == "drop":
+                    self.close_connection = True  # the socket closes unanswered
+                    return None
+                return self.json(int(how), {"error": "not now"})
 
             def json(self, status: int, data: Any) -> None:
                 self.send(status, json.dumps(data).encode(), "application/json", self.cors())
@@ -241,7 +258,8 @@ class StubTracker(_Base):
             number = None if state.mode == "no-number" else session.number
             return {"session_id": session.session_id, "number": number,
                     "visit_number": session.visit_number,
-                    "heartbeat_seconds": state.heartbeat_seconds, "replace": state.replace}
+                    "heartbeat_seconds": state.heartbeat_seconds, "replace": state.replace,
+                    **state.answer}
 
 
 class Site(_Base):

@@ -353,3 +353,50 @@ def test_a_session_the_daemon_let_go_is_replaced_by_a_new_one(
     assert page.evaluate("window.ctrack.number") == POOL[1]
     page.clock.run_for(30_000)
     tracker.wait_for(lambda: len(tracker.heartbeats("s2")) == 1)
+
+
+# Answers a broken or hostile daemon could give: each is ignored as a whole.
+BAD_ANSWERS = {
+    "replace-not-a-list": {"replace": {"length": 3e8}},  # froze the page once
+    "replace-too-long": {"replace": [f"+7495000{n:04d}" for n in range(21)]},
+    "replace-entry-not-a-string": {"replace": [74951234567]},
+    "replace-entry-too-short": {"replace": ["+74951234567", "+7 495"]},
+    "replace-entry-too-long": {"replace": ["+74951234567" * 2]},
+    "number-not-a-string": {"number": 74950000101},
+    "number-too-long": {"number": "+74950000101123456"},
+    "session-id-not-url-safe": {"session_id": "../../admin"},
+    "session-id-too-long": {"session_id": "s" * 65},
+    "session-id-not-a-string": {"session_id": 1},
+}
+
+
+def test_an_answer_that_fails_validation_is_ignored(page: Page, site: Site,
+                                                    tracker: StubTracker) -> None:
+    page.clock.install()  # kept across the page views below
+    for case, answer in BAD_ANSWERS.items():
+        tracker.state.answer = answer
+        with page.expect_event("requestfinished", predicate=is_session_request):
+            page.goto(site.page("numbers.html"))
+        page.wait_for_timeout(100)
+
+        assert text(page, "#header-tel") == ORIGINAL, case
+        assert text(page, "#marked-tel") == "+7 (495) 765-43-21", case
+        assert page.evaluate("window.ctrack.number") is None, case
+    page.clock.run_for(60_000)
+    page.wait_for_timeout(200)
+    assert tracker.heartbeats() == []  # no answer was taken for a session
+
+
+def test_the_heartbeat_period_is_at_least_5_seconds(page: Page, site: Site,
+                                                    tracker: StubTracker) -> None:
+    tracker.state.heartbeat_seconds = 0.01
+    page.clock.install()
+    open_numbers(page, site)
+
+    page.clock.run_for(4_000)
+    page.wait_for_timeout(200)
+    assert tracker.heartbeats() == []
+    page.clock.run_for(1_500)
+    tracker.wait_for(lambda: len(tracker.heartbeats()) == 1)
+    page.clock.run_for(10_000)
+    tracker.wait_for(lambda: len(tracker.heartbeats()) == 3)

@@ -178,18 +178,28 @@
     if (observer) observer.takeRecords();
   });
 
+  // A phone number in an answer: a string of 6-16 digits, once stripped.
+  function phone(s) {
+    var n = typeof s === 'string' ? digitsOf(s).length : 0;
+    return n >= 6 && n <= 16;
+  }
+
+  // The daemon's answer is checked before anything on the page changes, and
+  // ignored as a whole when it fails: `replace: {"length": 3e8}` once froze
+  // the page. Returns whether it was applied.
   function apply(r) {
-    var n = digitsOf(r.number), i;
-    if (n.length < 6 || typeof r.session_id !== 'string' || !r.session_id) return;
+    var list = r.replace == null ? [] : r.replace, h = r.heartbeat_seconds, n, i;
+    if (!phone(r.number) || !/^[\w.~-]{1,64}$/.test(typeof r.session_id === 'string' ? r.session_id : '') ||
+        !Array.isArray(list) || list.length > 20) return 0;
+    for (i = 0; i < list.length; i++) if (!phone(list[i])) return 0;
+    n = digitsOf(r.number);
     if (number && digitsOf(number) !== n) targets[digitsOf(number)] = 1; // a new session's number replaces ours
-    for (i = 0; r.replace && i < r.replace.length; i++) {
-      if (digitsOf(r.replace[i]).length >= 6) targets[digitsOf(r.replace[i])] = 1;
-    }
+    for (i = 0; i < list.length; i++) targets[digitsOf(list[i])] = 1;
     delete targets[n];
     session = r.session_id;
-    number = ns.number = String(r.number);
-    if (r.visit_number > 0) save(VISITS, String(r.visit_number | 0));
-    period = Math.min(Math.max(+r.heartbeat_seconds || 30, 1), 3600) * 1000;
+    number = ns.number = '+' + n;
+    if (typeof r.visit_number === 'number' && r.visit_number > 0) save(VISITS, String(r.visit_number | 0));
+    period = (typeof h === 'number' && h === h ? Math.min(Math.max(h, 5), 3600) : 30) * 1000;
     buildOffice();
     swapAll(document.documentElement);
     if (!observer && window.MutationObserver) {
@@ -199,6 +209,7 @@
       });
     }
     schedule();
+    return 1;
   }
 
   // POST JSON; done(status, object or null) is called exactly once. Status 0
