@@ -67,6 +67,15 @@ def test_marked_elements_are_swapped_whatever_number_they_hold(page: Page, site:
     assert page.locator("#data-marked [data-ctrack]").inner_text() == SWAPPED
 
 
+def test_a_marked_element_swaps_only_its_first_phone_number(page: Page, site: Site) -> None:
+    open_numbers(page, site)
+
+    # Hours and dates are digits too, but too few for a phone number; the
+    # number after the first is another line (a fax), not the one to track.
+    assert text(page, "#hours") == ("Пн–Пт 09.00–18.00, с 12.03.2024: 8 (495) 000-01-01, "
+                                    "факс 8 (495) 222-33-44")
+
+
 def test_other_numbers_and_opted_out_parts_stay_as_they_are(page: Page, site: Site) -> None:
     open_numbers(page, site)
 

@@ -22,8 +22,9 @@
   var OFF = '[data-ctrack-off],script,style,noscript,template,textarea,select';
   // Separators people write inside a phone number (NBSP and dashes included).
   var SEP = '[\\s().\\-\\u00a0\\u2010-\\u2015]{0,3}';
-  // Any phone-looking run: for marked elements, where the site owner said
-  // "this is the number", whatever digits it holds.
+  // Any run of digits and separators: in marked elements, where the site
+  // owner said "this is the number", the first run of 9-16 digits is swapped
+  // whatever it holds. Shorter runs are hours and dates (09.00–18.00).
   var RUN = new RegExp('\\+?\\d(?:' + SEP + '\\d){5,}', 'g');
 
   var endpoint, pool, session, number, period, timer, starting, office, observer;
@@ -60,16 +61,21 @@
   }
   ns.format = safe(format);
 
-  // Replace every whole match of `re` in `text` (not glued to other digits).
-  function swapIn(text, re) {
-    var out = '', last = 0, m, a, b;
+  // Replace every whole match of `re` in `text` (not glued to other digits);
+  // `marked`: only the first run that looks like a phone number (RUN).
+  function swapIn(text, re, marked) {
+    var out = '', last = 0, m, a, b, n;
     if (!re) return text;
     re.lastIndex = 0;
     while ((m = re.exec(text))) {
-      a = m.index; b = a + m[0].length;
-      if (isDigit(text.charAt(a - 1)) || isDigit(text.charAt(b))) { re.lastIndex = a + 1; continue; }
+      a = m.index; b = a + m[0].length; n = digitsOf(m[0]).length;
+      if (isDigit(text.charAt(a - 1)) || isDigit(text.charAt(b)) || (marked && (n < 9 || n > 16))) {
+        re.lastIndex = marked ? b : a + 1; // a marked run is skipped whole
+        continue;
+      }
       out += text.slice(last, a) + format(m[0], number);
       last = b;
+      if (marked) break;
     }
     return last ? out + text.slice(last) : text;
   }
@@ -111,7 +117,9 @@
   function swapMarked(el) {
     var nodes = texts(el), all = '', i, swapped, at = 0, len;
     for (i = 0; i < nodes.length; i++) all += nodes[i].nodeValue;
-    swapped = swapIn(all, RUN);
+    // The first phone number, then office numbers in the rest (the first is
+    // now ours, not a target, so a second pass changes nothing).
+    swapped = swapIn(swapIn(all, RUN, 1), office);
     if (swapped === all) return;
     for (i = 0; i < nodes.length; i++) {
       len = nodes[i].nodeValue.length;
@@ -126,12 +134,12 @@
     if (node.nodeValue !== value) node.nodeValue = value; // no change, no mutation
   }
 
-  function swapLink(a, re) {
+  function swapLink(a, marked) {
     var href = a.getAttribute('href') || '', rest, swapped;
     if (!/^tel:/i.test(href)) return;
     rest = href.slice(4);
     try { rest = decodeURIComponent(rest); } catch (e) { /* keep it as written */ }
-    swapped = swapIn(rest, re);
+    swapped = swapIn(rest, marked ? RUN : office, marked);
     if (swapped !== rest) a.setAttribute('href', href.slice(0, 4) + swapped);
   }
 
@@ -151,7 +159,7 @@
       el = nodes[i];
       if (closest(el, OFF)) continue;
       if (el.matches(MARKED)) swapMarked(el);
-      if (el.nodeName === 'A') swapLink(el, closest(el, MARKED) ? RUN : office);
+      if (el.nodeName === 'A') swapLink(el, !!closest(el, MARKED));
     }
   }
 
