@@ -409,3 +409,99 @@ def test_the_heartbeat_period_is_at_least_5_seconds(page: Page, site: Site,
     tracker.wait_for(lambda: len(tracker.heartbeats()) == 1)
     page.clock.run_for(10_000)
     tracker.wait_for(lambda: len(tracker.heartbeats()) == 3)
+
+
+def renewal_fails(page: Page, tracker: StubTracker) -> None:
+    """End the session; the heartbeat gets a 404 and the renewal fails."""
+    tracker.end_session("s1")
+    page.clock.run_for(30_000)
+    tracker.wait_for(lambda: len(tracker.session_posts()) == 2)
+
+
+@pytest.mark.parametrize("failure", ["429", "500", "hang", "drop"])
+def test_a_failed_renewal_puts_the_office_numbers_back_and_retries(
+        failure: str, page: Page, site: Site, tracker: StubTracker) -> None:
+    page.clock.install()
+    open_numbers(page, site)
+    tracker.state.sessions_fail = failure
+    renewal_fails(page, tracker)
+
+    # The pool number is the daemon's no more: every swapped node shows
+    # what it showed before, text and href.
+    expect(page.locator("#header-tel")).to_have_text(ORIGINAL, timeout=6000)
+    assert href(page, "#header-tel") == "tel:+74951234567"
+    assert text(page, "#national") == "Звоните бесплатно: 8 (495) 123-45-67"
+    assert text(page, "#dashes") == "Отдел продаж: 8-495-123-45-67, позвонить"
+    assert href(page, "#dashes-tel") == "tel:8-495-123-45-67"
+    assert text(page, "#nbsp") == "Склад: +7\u00a0495\u00a0123\u00a045\u00a067"
+    assert text(page, "#marked-tel") == "+7 (495) 765-43-21"
+    assert page.locator("#marked-tel b").inner_text() == "+7 (495)"
+    assert href(page, "#marked-tel") == "tel:+74957654321"
+    assert text(page, "#hours") == ("Пн–Пт 09.00–18.00, с 12.03.2024: 8 (495) 765-43-21, "
+                                    "факс 8 (495) 222-33-44")
+    assert page.evaluate("window.ctrack.number") is None
+    # Nor is the page followed meanwhile.
+    page.evaluate("""() => {
+        const p = document.createElement('p');
+        p.id = 'added';
+        p.textContent = '+7 (495) 123-45-67';
+        document.getElementById('later').appendChild(p);
+    }""")
+    page.wait_for_timeout(100)
+    assert text(page, "#added") == ORIGINAL
+
+    # The daemon is back: the next try, 30 s on, swaps the page again.
+    tracker.state.sessions_fail = ""
+    page.clock.run_for(31_000)
+    expect(page.locator("#header-tel")).to_have_text(SECOND)
+    assert tracker.session_posts()[-1].body["session_id"] == "s1"
+    assert href(page, "#header-tel") == "tel:+74950000102"
+    assert text(page, "#marked-tel") == SECOND
+    assert text(page, "#added") == SECOND
+    assert page.evaluate("window.ctrack.number") == POOL[1]
+
+
+def test_failed_renewals_are_retried_less_and_less_often_while_visible(
+        page: Page, site: Site, tracker: StubTracker) -> None:
+    page.clock.install()
+    open_numbers(page, site)
+    tracker.state.sessions_fail = "500"
+    renewal_fails(page, tracker)
+    expect(page.locator("#header-tel")).to_have_text(ORIGINAL)
+
+    def next_try_after(seconds: int) -> None:
+        posts = len(tracker.session_posts())
+        page.clock.run_for(seconds * 1000 - 1000)
+        page.wait_for_timeout(100)
+        assert len(tracker.session_posts()) == posts, f"tried before {seconds} s"
+        page.clock.run_for(2000)
+        tracker.wait_for(lambda: len(tracker.session_posts()) == posts + 1)
+        page.wait_for_timeout(200)  # the failure handled, the next try planned
+
+    for seconds in (30, 60, 120, 240, 300, 300):  # doubling, up to 5 min
+        next_try_after(seconds)
+    assert tracker.heartbeats("s1")[-1:] and len(tracker.heartbeats()) == 1  # no beats meanwhile
+
+    # A hidden tab does not ask. Back in view, it waits for a try that is
+    # not yet due, and makes one that is overdue at once.
+    set_visibility(page, "hidden")
+    posts = len(tracker.session_posts())
+    page.clock.run_for(200_000)
+    set_visibility(page, "visible")
+    page.clock.run_for(95_000)
+    page.wait_for_timeout(100)
+    assert len(tracker.session_posts()) == posts
+    page.clock.run_for(10_000)
+    tracker.wait_for(lambda: len(tracker.session_posts()) == posts + 1)
+    page.wait_for_timeout(200)
+    posts += 1
+    set_visibility(page, "hidden")
+    page.clock.run_for(3_600_000)
+    page.wait_for_timeout(200)
+    assert len(tracker.session_posts()) == posts
+    tracker.state.sessions_fail = ""
+    set_visibility(page, "visible")
+    expect(page.locator("#header-tel")).to_have_text(SECOND)
+    assert all(r.body["session_id"] == "s1" for r in tracker.session_posts()[1:])
+    page.clock.run_for(30_000)  # and the new session beats at its own cadence
+    tracker.wait_for(lambda: len(tracker.heartbeats("s2")) == 1)

@@ -15,6 +15,7 @@
   var ns = window.ctrack = { number: null }; // the only global
 
   var TIMEOUT_MS = 3000;
+  var RETRY_MIN = 30000, RETRY_MAX = 300000; // asking again after a failed renewal
   var KEY = 'ctrack_vid'; // the visitor id
   var VISITS = 'ctrack_visits'; // the last visit number the daemon gave this visitor
   var MARKED = '[data-ctrack],.ctrack-phone';
@@ -28,7 +29,13 @@
   var RUN = new RegExp('\\+?\\d(?:' + SEP + '\\d){5,}', 'g');
 
   var endpoint, pool, session, number, period, timer, starting, office, observer;
+  // After a failed renewal: the backoff in ms (0 while a session is held),
+  // and when the next try is due (Date ms).
+  var retry = 0, due;
   var targets = {}; // digits of every number to replace: office numbers and our own earlier ones
+  // What each swapped node showed before (a text node its text, a link its
+  // href) and what we wrote: {o, s}. The page can be put back with it.
+  var saved, keep = 500;
 
   function digitsOf(s) { return String(s == null ? '' : s).replace(/\D/g, ''); }
   function isDigit(c) { return c >= '0' && c <= '9'; }
@@ -125,13 +132,41 @@
       len = nodes[i].nodeValue.length;
       // Same length: each node keeps its share. Otherwise the first node
       // takes the whole text, so the number still reads right.
-      setText(nodes[i], swapped.length === all.length ? swapped.substr(at, len) : i ? '' : swapped);
+      write(nodes[i], swapped.length === all.length ? swapped.substr(at, len) : i ? '' : swapped);
       at += len;
     }
   }
 
-  function setText(node, value) {
-    if (node.nodeValue !== value) node.nodeValue = value; // no change, no mutation
+  // A text node's text, or a link's href.
+  function read(node) { return node.nodeType === 1 ? node.getAttribute('href') : node.nodeValue; }
+  function put(node, value) {
+    if (node.nodeType === 1) node.setAttribute('href', value); else node.nodeValue = value;
+  }
+
+  function write(node, value) {
+    var now = read(node), was = saved.get(node), n;
+    if (now === value) return; // no change, no mutation
+    // First swap of this node, or the site wrote over ours: what it shows now
+    // is what to put back.
+    if (!was || was.s !== now) saved.set(node, was = { o: now });
+    was.s = value;
+    put(node, value);
+    if (saved.size > keep) { // forget nodes gone from the page, now and then
+      n = document.documentElement;
+      saved.forEach(function (v, node) { if (!n.contains(node)) saved.delete(node); });
+      keep = saved.size * 2 + 500;
+    }
+  }
+
+  // The number is lost: every swapped node shows what it showed before
+  // (unless the site has written over it since), and the page is no longer
+  // followed until a new number comes.
+  function restore() {
+    if (observer) { observer.disconnect(); observer = null; }
+    saved.forEach(function (was, node) { if (read(node) === was.s) put(node, was.o); });
+    saved.clear();
+    if (number) targets[digitsOf(number)] = 1; // in case it was copied elsewhere
+    number = ns.number = null;
   }
 
   function swapLink(a, marked) {
@@ -140,7 +175,7 @@
     rest = href.slice(4);
     try { rest = decodeURIComponent(rest); } catch (e) { /* keep it as written */ }
     swapped = swapIn(rest, marked ? RUN : office, marked);
-    if (swapped !== rest) a.setAttribute('href', href.slice(0, 4) + swapped);
+    if (swapped !== rest) write(a, href.slice(0, 4) + swapped);
   }
 
   function swapTree(root) {
@@ -151,7 +186,7 @@
     if (marked) { swapMarked(marked); if (isText) return; }
     nodes = texts(root);
     for (i = 0; i < nodes.length; i++) {
-      if (!closest(nodes[i], MARKED)) setText(nodes[i], swapIn(nodes[i].nodeValue, office));
+      if (!closest(nodes[i], MARKED)) write(nodes[i], swapIn(nodes[i].nodeValue, office));
     }
     if (isText) return;
     nodes = [root].concat([].slice.call(root.querySelectorAll('a,' + MARKED)));
@@ -208,6 +243,7 @@
     number = ns.number = '+' + n;
     if (typeof r.visit_number === 'number' && r.visit_number > 0) save(VISITS, String(r.visit_number | 0));
     period = (typeof h === 'number' && h === h ? Math.min(Math.max(h, 5), 3600) : 30) * 1000;
+    retry = 0;
     buildOffice();
     swapAll(document.documentElement);
     if (!observer && window.MutationObserver) {
@@ -258,18 +294,30 @@
       session_id: renewing
     }, function (status, r) {
       starting = 0;
-      if (status === 200 && r) apply(r); // anything else: the page keeps what it shows
+      if (status === 200 && r && apply(r)) return;
+      // Anything else: on the first page view, the page keeps its own
+      // numbers. On a renewal, ours is no longer held: the office numbers go
+      // back, and we ask again in 30 s, then twice as long each time, up to 5 min.
+      if (renewing) {
+        restore();
+        retry = retry ? Math.min(retry * 2, RETRY_MAX) : RETRY_MIN;
+        due = +new Date() + retry;
+        schedule();
+      }
     });
   }
 
   function visible() { return document.visibilityState !== 'hidden'; }
 
-  // The next beat is planned when this one leaves, not when it returns, so
-  // a slow daemon does not stretch the cadence.
+  // The next beat (or, after a failed renewal, the next try) is planned when
+  // this one leaves, not when it returns, so a slow daemon does not stretch
+  // the cadence. Hidden tabs plan nothing.
   function schedule() {
     clearTimeout(timer);
-    timer = visible() ? setTimeout(safe(beat), period) : 0;
+    timer = visible() ? setTimeout(safe(retry ? renew : beat), retry ? due - new Date() : period) : 0;
   }
+
+  function renew() { start(session); }
 
   function beat() {
     schedule();
@@ -278,10 +326,11 @@
     });
   }
 
-  // Hidden tabs send nothing; a tab that comes back says so at once.
+  // Hidden tabs send nothing; a tab that comes back says so at once (or,
+  // with no session held, asks again when the try is due, at once if past).
   document.addEventListener('visibilitychange', safe(function () {
     if (!session) return;
-    if (visible()) beat(); else clearTimeout(timer);
+    if (!visible()) clearTimeout(timer); else if (retry) schedule(); else beat();
   }));
 
   function storage(key, value) {
@@ -338,7 +387,9 @@
 
   safe(function () {
     var me = document.currentScript; // set for async scripts too, while they first run
-    if (!me || !window.Element || !Element.prototype.closest) return; // too old a browser: leave it be
+    // Too old a browser: leave it be.
+    if (!me || !window.Map || !window.Element || !Element.prototype.closest) return;
+    saved = new Map();
     endpoint = me.getAttribute('data-ctrack-endpoint') || (/^https?:\/\/[^\/]+/.exec(me.src) || [''])[0];
     endpoint = endpoint.replace(/\/+$/, '');
     pool = me.getAttribute('data-ctrack-pool');
