@@ -27,14 +27,6 @@ Connect = Callable[..., Awaitable[tuple[AmiConnection, "asyncio.Queue[Any]"]]]
 
 
 @pytest.fixture
-async def ami() -> AsyncIterator[FakeAmi]:
-    server = FakeAmi()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def connect(ami: FakeAmi) -> AsyncIterator[Connect]:
     made: list[AmiConnection] = []
 

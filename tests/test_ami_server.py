@@ -61,14 +61,6 @@ class RawClient:
 
 
 @pytest.fixture
-async def ami() -> AsyncIterator[FakeAmi]:
-    server = FakeAmi()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def client(ami: FakeAmi) -> AsyncIterator[RawClient]:
     raw = await RawClient.open(ami.port)
     yield raw

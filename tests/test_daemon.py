@@ -72,14 +72,6 @@ async def agi_track(port: int, env: bytes) -> list[str]:
 
 
 @pytest.fixture
-async def ami() -> AsyncIterator[FakeAmi]:
-    server = FakeAmi(username="ctrackd", secret="secret")
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def daemon(tmp_path: Path, ami: FakeAmi) -> AsyncIterator[Daemon]:
     path = tmp_path / "ctrackd.yaml"
     path.write_text(CONFIG.format(ami_port=ami.port), encoding="utf-8")

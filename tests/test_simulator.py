@@ -167,14 +167,6 @@ def mset(forward: str, timeout: int = 20, channel: str = "google-ads") -> str:
             "CTRACK_RECORDING=ctrackd-x.wav,CTRACK_TRACKING=static")
 
 
-@pytest.fixture
-async def ami() -> FakeAmi:
-    server = FakeAmi()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 # --- the AGI client -------------------------------------------------------------------------
 
 async def test_agi_dialogue_reports_variables(ami: FakeAmi) -> None:
