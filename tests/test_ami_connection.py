@@ -172,7 +172,9 @@ async def test_backoff_grows_and_is_capped() -> None:
         await conn.stop()
         server.close()
     gaps = [b - a for a, b in zip(accepted, accepted[1:])]
-    slack = 0.05  # connect + scheduling; jitter keeps every wait in [0.75, 1] x base
+    # jitter keeps every wait in [0.75, 1] x base; the slack is connect + scheduling on a
+    # loaded 2-core CI machine (the lower bounds carry the doubling, the cap the upper ones)
+    slack = 0.15
     for gap, base in zip(gaps, [0.05, 0.1, 0.2, 0.2, 0.2, 0.2]):
         assert 0.75 * base <= gap <= base + slack, gaps
     # loud at first, then only while the wait still doubles: quiet at the cap
