@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from ctrackd.attribution.numbers import masked
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -45,6 +47,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, show_numbers: b
 
 def mask_number(number: str | None) -> str | None:
     """`+79161234567` -> `+7916***4567` unless the admin asked for full numbers."""
-    if number is None or _show_numbers or len(number) < 8:
+    if number is None or _show_numbers:
         return number
-    return number[:5] + "***" + number[-4:]
+    return masked(number)

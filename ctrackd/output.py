@@ -152,12 +152,11 @@ def local_time(iso: str | None) -> str:
 
 
 def mask_number(number: str | None) -> str:
-    """`+7916***4567` (as in the logs): enough to tell callers apart, not to dial them."""
+    """`+7916***4567`, masked as in the logs; `-` for no number."""
     if not number:
         return "-"
-    if len(number) < 8:  # an extension or a short service number: nothing to hide
-        return number
-    return number[:5] + "***" + number[-4:]
+    from ctrackd.attribution.numbers import masked  # phonenumbers loads only when a table does
+    return masked(number)
 
 
 def percent(rate: float | None) -> str:

@@ -65,3 +65,12 @@ def _normalise(raw: str, region: str) -> str | None:
             if acceptable(parsed):
                 return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return ("+" + digits) if text.startswith("+") else digits
+
+
+def masked(number: str) -> str:
+    """`+79161234567` -> `+7916***4567`: enough to tell callers apart, not to dial them.
+
+    One rule for the logs and the CLI's tables; a short number (an
+    extension, a service number) has nothing to hide.
+    """
+    return number if len(number) < 8 else number[:5] + "***" + number[-4:]
