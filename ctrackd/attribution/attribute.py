@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call, call_channel
 from ctrackd.attribution.numbers import normalise_number
-from ctrackd.attribution.plan import StaticPlan, attribute_static, recording_path
+from ctrackd.attribution.plan import StaticPlan, attribute_static, clean_name, recording_path
 from ctrackd.attribution.pools import Confidence, PoolSpec
 from ctrackd.attribution.records import Attribution, Tracking
 from ctrackd.attribution.sessions import session_fields
@@ -60,11 +60,9 @@ def _attribute_pool_number(static: StaticPlan, dynamic: DynamicPlan, *, call_id:
     medium = (session.medium if session else None) or (channel.medium if channel else None)
     campaign = ((session.campaign if session else None)
                 or (channel.campaign if channel else None))
-    static_attribution = attribute_static(static, call_id=call_id, did=did, caller=caller,
-                                          caller_name=caller_name, now=now)
     return Attribution(
-        call_id=call_id, started_at=now, did=did, caller=static_attribution.caller,
-        caller_name=static_attribution.caller_name, tracking=Tracking.DYNAMIC,
+        call_id=call_id, started_at=now, did=did, caller=normalise_number(caller, static.region),
+        caller_name=clean_name(caller_name), tracking=Tracking.DYNAMIC,
         channel=channel.key if channel else None, source=source, medium=medium,
         campaign=campaign, label=channel.label if channel else spec.name,
         forward_to=(spec.forward_to or (channel.forward_to if channel else None)

@@ -105,7 +105,7 @@ def attribute_static(
         started_at=now,
         did=did_e164,
         caller=normalise_number(caller, plan.region),
-        caller_name=_clean_name(caller_name),
+        caller_name=clean_name(caller_name),
         tracking=tracking,
         channel=channel.key if channel else None,
         source=channel.source if channel else None,
@@ -124,7 +124,7 @@ def fallback_attribution(plan: StaticPlan, *, call_id: str, did: str | None, cal
     """The attribution used when attributing itself failed: default target, reason kept."""
     return Attribution(
         call_id=call_id, started_at=now, did=normalise_number(did, plan.region) if did else None,
-        caller=None, caller_name=_clean_name(caller_name), tracking=Tracking.STATIC,
+        caller=None, caller_name=clean_name(caller_name), tracking=Tracking.STATIC,
         channel=None, source=None, medium=None, campaign=None, label=None,
         forward_to=plan.default_forward, ring_timeout=plan.default_ring_timeout,
         recording_path=recording_path(plan, call_id),
@@ -132,7 +132,8 @@ def fallback_attribution(plan: StaticPlan, *, call_id: str, did: str | None, cal
     )
 
 
-def _clean_name(name: str | None) -> str | None:
+def clean_name(name: str | None) -> str | None:
+    """A caller-ID name as a record keeps it: None for missing or `<unknown>`."""
     if name is None:
         return None
     name = name.strip()
