@@ -415,7 +415,9 @@ def renewal_fails(page: Page, tracker: StubTracker) -> None:
     """End the session; the heartbeat gets a 404 and the renewal fails."""
     tracker.end_session("s1")
     page.clock.run_for(30_000)
-    tracker.wait_for(lambda: len(tracker.session_posts()) == 2)
+    # At least 2: when a reused keep-alive socket closes with no answer
+    # ("drop"), Chromium itself may send the same request once more.
+    tracker.wait_for(lambda: len(tracker.session_posts()) >= 2)
 
 
 @pytest.mark.parametrize("failure", ["429", "500", "hang", "drop"])
