@@ -21,7 +21,7 @@ import phonenumbers
 import yaml
 
 from ctrackd.attribution.numbers import normalise_number
-from ctrackd.attribution.plan import Channel, StaticPlan, TrackingNumber
+from ctrackd.attribution.plan import Channel, StaticPlan, TargetRule, TrackingNumber
 from ctrackd.attribution.pools import PoolSpec
 from ctrackd.attribution.sessions import UtmRule
 from ctrackd.configdynamic import (
@@ -30,6 +30,16 @@ from ctrackd.configdynamic import (
     pools_section,
     utm_rules_section,
     web_section,
+)
+from ctrackd.configcalls import (
+    HookConfig,
+    PromoConfig,
+    RetentionConfig,
+    hooks_section,
+    promo_section,
+    retention_section,
+    sound,
+    target_rule,
 )
 from ctrackd.configschema import DIAL, DIAL_EXPECTED, KEY, Node, Reader
 
@@ -69,12 +79,15 @@ class StoreConfig:
 @dataclass(frozen=True)
 class RecordingsConfig:
     dir: str | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 @dataclass(frozen=True)
 class DefaultsConfig:
     forward_to: str
     ring_timeout: int = 30
+    whisper: str | None = None      # sound played to the operator before the bridge
+    sip_headers: bool = False       # X-CTrack-Channel / X-CTrack-Campaign on the INVITE
 
 
 @dataclass(frozen=True)
@@ -99,12 +112,26 @@ class Config:
     pools: tuple[PoolSpec, ...] = ()
     utm_rules: tuple[UtmRule, ...] = ()
     web: WebConfig | None = None
+    promo: PromoConfig = field(default_factory=PromoConfig)
+    targets: TargetRule = field(default_factory=TargetRule)  # the global target rule
+    hooks: tuple[HookConfig, ...] = ()
 
     def static_plan(self) -> StaticPlan:
         return StaticPlan(channels=self.channels, numbers=self.numbers,
                           default_forward=self.defaults.forward_to,
                           default_ring_timeout=self.defaults.ring_timeout,
-                          region=self.phone_region, recordings_dir=self.recordings.dir)
+                          region=self.phone_region, recordings_dir=self.recordings.dir,
+                          default_whisper=self.defaults.whisper,
+                          default_sip_headers=self.defaults.sip_headers)
+
+    def target_rule(self, channel: str | None) -> tuple[str, TargetRule]:
+        """(rule name, rule) that judges a call of `channel`: its own, or the global one."""
+        own = self.channels[channel].target if channel in self.channels else None
+        return (f"channel {channel}", own) if own is not None else ("default", self.targets)
+
+    @property
+    def has_promo_lines(self) -> bool:
+        return any(n.tracking == "promo" for n in self.numbers.values())
 
 
 def load_config(path: str | Path) -> Config:
@@ -130,14 +157,15 @@ def load_config(path: str | Path) -> Config:
                           f"found an empty file")
     return _build(reader, reader.mapping(root, "", {
         "ami", "agi", "store", "recordings", "phone_region", "defaults", "channels",
-        "numbers", "log", "pools", "utm_rules", "web"}, required={"ami", "store", "defaults"}),
-        source)
+        "numbers", "log", "pools", "utm_rules", "web", "promo", "targets", "hooks"},
+        required={"ami", "store", "defaults"}), source)
 
 
 def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
     region = r.choice_text(top.get("phone_region"), "phone_region", None, default="RU",
                            check=_is_region, expected="a two-letter region code such as RU")
-    channels = _channels(r, top.get("channels"))
+    targets = target_rule(r, top.get("targets"), "targets") or TargetRule()
+    channels = _channels(r, top.get("channels"), targets)
     defaults = _defaults(r, top["defaults"])
     numbers = _numbers(r, top.get("numbers"), channels, region)
     pools = pools_section(r, top.get("pools"), channels, numbers, region)
@@ -149,6 +177,8 @@ def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
         defaults=defaults, phone_region=region, channels=channels, numbers=numbers,
         log=_log(r, top.get("log")),
         pools=pools, utm_rules=utm_rules_section(r, top.get("utm_rules"), channels), web=web,
+        promo=promo_section(r, top.get("promo")), targets=targets,
+        hooks=hooks_section(r, top.get("hooks")),
     )
 
 
@@ -212,20 +242,28 @@ def _normpath(path: Path) -> str:
 def _recordings(r: Reader, node: Node | None) -> RecordingsConfig:
     if node is None:
         return RecordingsConfig()
-    m = r.mapping(node, "recordings", {"dir"})
-    return RecordingsConfig(dir=r.text(m.get("dir"), "recordings.dir", default=None))
+    m = r.mapping(node, "recordings", {"dir", "retention"})
+    retention = retention_section(r, m.get("retention"))
+    directory = r.text(m.get("dir"), "recordings.dir", default=None)
+    if retention.enabled and directory is None:
+        r.fail(m["retention"], "recordings.retention", "recordings.dir to be set (retention"
+               " prunes that folder)", "no recordings.dir")
+    return RecordingsConfig(dir=directory, retention=retention)
 
 
 def _defaults(r: Reader, node: Node) -> DefaultsConfig:
-    m = r.mapping(node, "defaults", {"forward_to", "ring_timeout"}, required={"forward_to"})
+    m = r.mapping(node, "defaults", {"forward_to", "ring_timeout", "whisper", "sip_headers"},
+                  required={"forward_to"})
     return DefaultsConfig(
+        whisper=sound(r, m.get("whisper"), "defaults.whisper"),
+        sip_headers=r.boolean(m.get("sip_headers"), "defaults.sip_headers", default=False),
         forward_to=r.pattern(m["forward_to"], "defaults.forward_to", DIAL, DIAL_EXPECTED),
         ring_timeout=r.integer(m.get("ring_timeout"), "defaults.ring_timeout", default=30,
                                low=1, high=600),
     )
 
 
-def _channels(r: Reader, node: Node | None) -> dict[str, Channel]:
+def _channels(r: Reader, node: Node | None, targets: TargetRule) -> dict[str, Channel]:
     channels: dict[str, Channel] = {}
     if node is None:
         return channels
@@ -233,8 +271,8 @@ def _channels(r: Reader, node: Node | None) -> dict[str, Channel]:
         key = r.pattern(key_node, "channels", KEY,
                         "a channel key of letters, digits, '_', '.', '-'")
         path = f"channels.{key}"
-        m = r.mapping(value, path, {"source", "medium", "campaign", "label", "forward_to"},
-                      required={"label"})
+        m = r.mapping(value, path, {"source", "medium", "campaign", "label", "forward_to",
+                                    "whisper", "sip_headers", "target"}, required={"label"})
         forward = m.get("forward_to")
         channels[key] = Channel(
             key=key, label=r.text(m["label"], f"{path}.label"),
@@ -243,6 +281,11 @@ def _channels(r: Reader, node: Node | None) -> dict[str, Channel]:
             campaign=r.text(m.get("campaign"), f"{path}.campaign", default=None),
             forward_to=(r.pattern(forward, f"{path}.forward_to", DIAL, DIAL_EXPECTED)
                         if forward is not None else None),
+            whisper=sound(r, m.get("whisper"), f"{path}.whisper"),
+            sip_headers=(r.boolean(m["sip_headers"], f"{path}.sip_headers", default=False)
+                         if "sip_headers" in m else None),
+            target=target_rule(r, m.get("target"), f"{path}.target", targets)
+            if "target" in m else None,
         )
     return channels
 
@@ -264,7 +307,7 @@ def _numbers(r: Reader, node: Node | None, channels: dict[str, Channel],
             r.fail(key_node, path, f"each number once (it is {did}, already at line "
                    f"{first.start_mark.line + 1})", "a duplicate")
         seen[did] = key_node
-        m = r.mapping(value, path, {"channel", "forward_to"}, required={"channel"})
+        m = r.mapping(value, path, {"channel", "forward_to", "tracking"}, required={"channel"})
         channel = r.text(m["channel"], f"{path}.channel")
         if channel not in channels:
             known = ", ".join(sorted(channels)) or "none defined"
@@ -273,6 +316,8 @@ def _numbers(r: Reader, node: Node | None, channels: dict[str, Channel],
         forward = m.get("forward_to")
         numbers[did] = TrackingNumber(
             did=did, channel=channel,
+            tracking=r.choice_text(m.get("tracking"), f"{path}.tracking", {"static", "promo"},
+                                   default="static"),
             forward_to=(r.pattern(forward, f"{path}.forward_to", DIAL, DIAL_EXPECTED)
                         if forward is not None else None))
     return numbers

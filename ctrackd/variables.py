@@ -28,6 +28,15 @@ RING_TIMEOUT_VAR = "CTRACK_RING_TIMEOUT"
 RECORDING_VAR = "CTRACK_RECORDING"
 CALLERID_NAME_VAR = "CTRACK_CALLERID_NAME"
 TRACKING_VAR = "CTRACK_TRACKING"
+#: the promo code the caller keyed (empty when none matched)
+PROMO_CODE_VAR = "CTRACK_PROMO_CODE"
+#: operator tagging: a sound played to the operator before the bridge (Dial U()),
+#: and "1" to add X-CTrack-* headers to the operator's INVITE (Dial b() pre-dial handler)
+WHISPER_VAR = "CTRACK_WHISPER"
+SIP_HEADERS_VAR = "CTRACK_SIP_HEADERS"
+#: inherited one level (single "_") so the pre-dial handler on the called leg reads them
+HEADER_CHANNEL_VAR = "CTRACK_HDR_CHANNEL"
+HEADER_CAMPAIGN_VAR = "CTRACK_HDR_CAMPAIGN"
 
 #: what the dialplan cannot do without, when not everything fits in one AGI line
 ESSENTIAL_VARS = frozenset({FORWARD_VAR, RING_TIMEOUT_VAR, RECORDING_VAR, TRACKING_VAR,
@@ -47,7 +56,7 @@ def channel_variables(attribution: Attribution) -> list[tuple[str, str]]:
     must not import asyncio and structlog for it (a tenth of a second).
     """
     recording = attribution.recording_path
-    return [
+    variables = [
         ("__" + CHANNEL_VAR, attribution.channel or ""),  # inherited: on every leg's events
         (SOURCE_VAR, attribution.source or ""),
         (MEDIUM_VAR, attribution.medium or ""),
@@ -61,3 +70,19 @@ def channel_variables(attribution: Attribution) -> list[tuple[str, str]]:
             attribution.label, attribution.caller_name)[:DISPLAY_NAME_MAX]),
         (TRACKING_VAR, attribution.tracking.value),
     ]
+    # Sent only when set (bytes on the AGI line are post-dial delay); the
+    # dialplan clears them before the AGI, so nothing stale is read.
+    if attribution.promo_code:
+        variables.append((PROMO_CODE_VAR, attribution.promo_code))
+    if attribution.whisper:
+        variables.append((WHISPER_VAR, attribution.whisper))
+    if attribution.sip_headers:
+        variables += [(SIP_HEADERS_VAR, "1"),
+                      ("_" + HEADER_CHANNEL_VAR, _header_value(attribution.channel)),
+                      ("_" + HEADER_CAMPAIGN_VAR, _header_value(attribution.campaign))]
+    return variables
+
+
+def _header_value(value: str | None) -> str:
+    """A SIP header value: one line of printable text (a CR/LF would start a new header)."""
+    return "".join(ch for ch in (value or "") if ch.isprintable())[:DISPLAY_NAME_MAX]

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from ctrackd.attribution.records import Attribution, CallProgress, CallStatus, Tracking
+from ctrackd.attribution.records import (
+    NOT_STORED,
+    Attribution,
+    CallProgress,
+    CallStatus,
+    Tracking,
+)
 from ctrackd.store import queries, schema
 from ctrackd.store.database import Store
 from ctrackd.store.schema import SchemaTooNewError, StoreError
@@ -72,8 +78,11 @@ def test_migrate_from_empty_then_again(tmp_path: Path) -> None:
     assert schema.migrate(conn) == schema.LATEST_VERSION  # idempotent
     columns = {r[1] for r in conn.execute("PRAGMA table_info(calls)")}
     # the session's fields are one JSON column
-    attribution_columns = {f.name for f in dataclasses.fields(Attribution)} - {"session"}
-    expected = (attribution_columns | {"session_json"}
+    attribution_columns = ({f.name for f in dataclasses.fields(Attribution)}
+                           - {"session"} - NOT_STORED)
+    judged = {"first_time", "previous_call_at", "target", "target_rule",
+              "recording_deleted_at", "recording_deleted_reason"}
+    expected = (attribution_columns | {"session_json"} | judged
                 | {f.name for f in dataclasses.fields(CallProgress)} | {"created_at", "updated_at"})
     assert columns == expected
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -117,7 +126,8 @@ def test_readers_get_a_sentence(tmp_path: Path) -> None:
 
 def test_every_field_is_written_by_its_statement() -> None:
     for f in dataclasses.fields(Attribution):
-        assert f":{f.name}" in queries.UPSERT_ATTRIBUTION
+        if f.name not in NOT_STORED:
+            assert f":{f.name}" in queries.UPSERT_ATTRIBUTION
     for f in dataclasses.fields(CallProgress):
         assert f":{f.name}" in queries.UPSERT_PROGRESS
 
@@ -150,7 +160,7 @@ def test_progress_never_clobbers_attribution(tmp_path: Path) -> None:
     after = row(tmp_path / "calls.sqlite3", "1700.1")
     for field in dataclasses.fields(Attribution):
         column = "session_json" if field.name == "session" else field.name
-        if column != "started_at":
+        if column != "started_at" and column not in NOT_STORED:
             assert after[column] == before[column], column
     assert after["status"] == "answered" and after["ended_at"] == T0 + 30
 

@@ -13,7 +13,13 @@ from dataclasses import replace
 
 from ctrackd.attribution.dynamic import DynamicPlan, attribute_pool_call, call_channel
 from ctrackd.attribution.numbers import normalise_number
-from ctrackd.attribution.plan import StaticPlan, attribute_static, clean_name, recording_path
+from ctrackd.attribution.plan import (
+    StaticPlan,
+    attribute_static,
+    clean_name,
+    operator_tagging,
+    recording_path,
+)
 from ctrackd.attribution.pools import Confidence, PoolSpec
 from ctrackd.attribution.records import Attribution, Tracking
 from ctrackd.attribution.sessions import session_fields
@@ -34,6 +40,7 @@ def attribute_call(static: StaticPlan, dynamic: DynamicPlan | None, *, call_id: 
     spec = next((p for p in pools if did_e164 in p.numbers), None)
     if dynamic is None and spec is not None:
         channel = static.channels.get(spec.channel) if spec.channel else None
+        whisper, sip_headers = operator_tagging(static, channel)
         return replace(
             attribution, channel=channel.key if channel else None,
             source=channel.source if channel else None,
@@ -42,7 +49,8 @@ def attribute_call(static: StaticPlan, dynamic: DynamicPlan | None, *, call_id: 
             label=channel.label if channel else spec.name,
             forward_to=(spec.forward_to or (channel.forward_to if channel else None)
                         or static.default_forward),
-            note="no_session", pool=spec.name, confidence=Confidence.NONE.value)
+            note="no_session", pool=spec.name, confidence=Confidence.NONE.value,
+            whisper=whisper, sip_headers=sip_headers)
     return attribution
 
 
@@ -60,6 +68,7 @@ def _attribute_pool_number(static: StaticPlan, dynamic: DynamicPlan, *, call_id:
     medium = (session.medium if session else None) or (channel.medium if channel else None)
     campaign = ((session.campaign if session else None)
                 or (channel.campaign if channel else None))
+    whisper, sip_headers = operator_tagging(static, channel)
     return Attribution(
         call_id=call_id, started_at=now, did=did, caller=normalise_number(caller, static.region),
         caller_name=clean_name(caller_name), tracking=Tracking.DYNAMIC,
@@ -72,4 +81,5 @@ def _attribute_pool_number(static: StaticPlan, dynamic: DynamicPlan, *, call_id:
         pool=spec.name, session_id=session.session_id if session else None,
         confidence=confidence.value if session is not None else Confidence.NONE.value,
         session=session_fields(session) if session is not None else None,
+        whisper=whisper, sip_headers=sip_headers,
     )

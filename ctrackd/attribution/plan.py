@@ -17,6 +17,18 @@ from ctrackd.attribution.records import Attribution, Tracking
 
 
 @dataclass(frozen=True, slots=True)
+class TargetRule:
+    """When a call counts as a target call (a lead): all conditions must hold.
+
+    `unique_days` > 0: only the caller's first call within that many days counts.
+    """
+
+    min_talk_seconds: float = 30.0
+    answered: bool = True
+    unique_days: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Channel:
     """An advertising channel: where the operator's phone says the call comes from."""
 
@@ -26,6 +38,10 @@ class Channel:
     medium: str | None = None
     campaign: str | None = None
     forward_to: str | None = None
+    # operator tagging (None: the defaults' setting)
+    whisper: str | None = None       # sound file played to the operator before the bridge
+    sip_headers: bool | None = None  # X-CTrack-Channel / X-CTrack-Campaign on the INVITE
+    target: TargetRule | None = None  # None: the global rule (`targets:`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +51,7 @@ class TrackingNumber:
     did: str
     channel: str
     forward_to: str | None = None
+    tracking: str = "static"         # "promo": the caller is asked for a promo code first
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +63,16 @@ class StaticPlan:
     region: str
     recordings_dir: str | None = None
     unknown_label: str = field(default="?")
+    default_whisper: str | None = None
+    default_sip_headers: bool = False
+
+
+def operator_tagging(plan: StaticPlan, channel: Channel | None) -> tuple[str | None, bool]:
+    """(whisper sound, SIP headers on?) for a call of `channel`: its own setting or the default."""
+    whisper = channel.whisper if channel and channel.whisper else plan.default_whisper
+    headers = (channel.sip_headers if channel and channel.sip_headers is not None
+               else plan.default_sip_headers)
+    return whisper, headers
 
 
 # Recording names end up in MixMonitor's argument and in the post-recording
@@ -100,6 +127,7 @@ def attribute_static(
         or (channel.forward_to if channel else None)
         or plan.default_forward
     )
+    whisper, sip_headers = operator_tagging(plan, channel)
     return Attribution(
         call_id=call_id,
         started_at=now,
@@ -116,6 +144,8 @@ def attribute_static(
         ring_timeout=plan.default_ring_timeout,
         recording_path=recording_path(plan, call_id),
         note=note,
+        whisper=whisper,
+        sip_headers=sip_headers,
     )
 
 

@@ -34,9 +34,27 @@ MISSED_STATUSES = frozenset({CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.A
                              CallStatus.FAILED})
 
 
+class PromoStatus(StrEnum):
+    """What became of the promo code of a call on a promo line (or keyed by the operator)."""
+
+    PENDING = "pending"      # the caller is being asked (the record exists before the code)
+    MATCHED = "matched"      # the code named a live session: tracking is `promo`
+    UNKNOWN = "unknown"      # digits that are no live code (wrong, or expired long ago)
+    SKIPPED = "skipped"      # the caller pressed # alone
+    NO_INPUT = "no_input"    # nothing keyed on any try (or the caller hung up)
+
+
+class PromoEntry(StrEnum):
+    """Who keyed the code."""
+
+    CALLER = "caller"        # on the promo line's prompt (AGI GET DATA)
+    OPERATOR = "operator"    # `*` + code on the operator's phone during the call (AMI DTMF)
+
+
 class Tracking(StrEnum):
     STATIC = "static"        # attributed by the daemon from the dialled number
     DYNAMIC = "dynamic"      # a pool number: attributed to the web session holding it
+    PROMO = "promo"          # a promo code (keyed by the caller or the operator) named the session
     FALLBACK = "fallback"    # attributed by ctrackd-agi while the daemon was unreachable
     UNTRACKED = "untracked"  # seen on AMI only (no attribution reached the store)
 
@@ -65,6 +83,19 @@ class Attribution:
     session_id: str | None = None
     confidence: str | None = None            # exact, shared, expired, none
     session: Mapping[str, Any] | None = None  # the session's fields (UTM, click ids, ...)
+    # promo codes: the digits keyed, by whom, and what they gave
+    promo_code: str | None = None
+    promo_entry: PromoEntry | None = None
+    promo_status: PromoStatus | None = None
+    # operator tagging, sent to the dialplan only (not stored): a sound file
+    # played to the operator before the bridge, and whether to add the
+    # X-CTrack-* SIP headers to the operator's INVITE
+    whisper: str | None = None
+    sip_headers: bool = False
+
+
+#: Attribution fields that go to the dialplan only, never to the store
+NOT_STORED = frozenset({"whisper", "sip_headers"})
 
 
 @dataclass(slots=True)

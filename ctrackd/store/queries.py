@@ -40,10 +40,12 @@ _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 UPSERT_ATTRIBUTION = f"""
 INSERT INTO calls (call_id, started_at, did, caller, caller_name, tracking, channel, source,
                    medium, campaign, label, forward_to, ring_timeout, recording_path, note,
-                   pool, session_id, confidence, session_json, created_at, updated_at)
+                   pool, session_id, confidence, session_json, promo_code, promo_entry,
+                   promo_status, created_at, updated_at)
 VALUES (:call_id, :started_at, :did, :caller, :caller_name, :tracking, :channel, :source,
         :medium, :campaign, :label, :forward_to, :ring_timeout, :recording_path, :note,
-        :pool, :session_id, :confidence, :session_json, {_NOW}, {_NOW})
+        :pool, :session_id, :confidence, :session_json, :promo_code, :promo_entry,
+        :promo_status, {_NOW}, {_NOW})
 ON CONFLICT (call_id) DO UPDATE SET
     started_at = COALESCE(calls.started_at, excluded.started_at),
     did = COALESCE(excluded.did, calls.did), caller = COALESCE(excluded.caller, calls.caller),
@@ -53,7 +55,8 @@ ON CONFLICT (call_id) DO UPDATE SET
     ring_timeout = excluded.ring_timeout, recording_path = excluded.recording_path,
     note = excluded.note, pool = excluded.pool, session_id = excluded.session_id,
     confidence = excluded.confidence, session_json = excluded.session_json,
-    updated_at = excluded.updated_at
+    promo_code = excluded.promo_code, promo_entry = excluded.promo_entry,
+    promo_status = excluded.promo_status, updated_at = excluded.updated_at
 """
 
 UPSERT_PROGRESS = f"""
@@ -193,6 +196,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def attribution_params(a: Attribution) -> dict[str, Any]:
     params = {f.name: getattr(a, f.name) for f in fields(Attribution) if f.name != "session"}
     params["tracking"] = a.tracking.value
+    params["promo_entry"] = a.promo_entry.value if a.promo_entry else None
+    params["promo_status"] = a.promo_status.value if a.promo_status else None
     params["session_json"] = (json.dumps(dict(a.session), ensure_ascii=False)
                               if a.session is not None else None)
     return params

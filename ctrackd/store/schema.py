@@ -118,6 +118,55 @@ MIGRATIONS: list[tuple[int, str]] = [
     DROP TABLE pool_usage;
     ALTER TABLE pool_usage_runs RENAME TO pool_usage;
     """),
+    (4, """
+    -- Promo codes: the digits keyed, who keyed them (caller, operator) and
+    -- what they gave (matched, unknown, skipped, no_input, pending).
+    ALTER TABLE calls ADD COLUMN promo_code TEXT;
+    ALTER TABLE calls ADD COLUMN promo_entry TEXT;
+    ALTER TABLE calls ADD COLUMN promo_status TEXT;
+    -- Callers and target calls, judged once the call has ended: 1/0, NULL
+    -- while open or for a withheld number; the rule that decided, in words.
+    ALTER TABLE calls ADD COLUMN first_time INTEGER;
+    ALTER TABLE calls ADD COLUMN previous_call_at REAL;
+    ALTER TABLE calls ADD COLUMN target INTEGER;
+    ALTER TABLE calls ADD COLUMN target_rule TEXT;
+    -- Recording retention: the file is gone, when and why (the path stays).
+    ALTER TABLE calls ADD COLUMN recording_deleted_at REAL;
+    ALTER TABLE calls ADD COLUMN recording_deleted_reason TEXT;
+    -- Reports count target calls per channel without touching other rows.
+    CREATE INDEX calls_target ON calls (channel, started_at) WHERE target = 1;
+    -- Retention walks the recordings still on disk, oldest first.
+    CREATE INDEX calls_recording ON calls (started_at)
+        WHERE recording_path IS NOT NULL AND recording_deleted_at IS NULL;
+    -- Answered outbound calls seen on AMI (an office phone calling a number
+    -- back): they take that number off the callback list.
+    CREATE TABLE outbound_calls (
+        uniqueid     TEXT PRIMARY KEY NOT NULL,  -- the dialling channel's Uniqueid
+        number       TEXT NOT NULL,              -- E.164 (or bare digits) of who was called
+        answered_at  REAL NOT NULL,
+        endpoint     TEXT                        -- the office phone that called
+    );
+    CREATE INDEX outbound_calls_number ON outbound_calls (number, answered_at);
+    -- The durable outbox of hooks (webhooks, commands): an event is written
+    -- here in the same step that decides it, then delivered and retried by
+    -- the daemon; a receiver that is down loses nothing.
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY,
+        delivery_id     TEXT NOT NULL UNIQUE,    -- stable across retries: receivers dedupe on it
+        event           TEXT NOT NULL,           -- missed, ...
+        hook            TEXT NOT NULL,           -- which configured hook (its name)
+        call_id         TEXT,
+        payload         TEXT NOT NULL,           -- JSON body
+        created_at      REAL NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT,
+        delivered_at    REAL,
+        gave_up_at      REAL
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at)
+        WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,210 @@
+"""Config sections about what happens around a call: `promo`, `targets`, `hooks`,
+`recordings.retention`, and the per-channel operator settings.
+
+Apart from `config.py` so that each file reads as the list of settings it
+holds; the checks and error wording are the same (configschema.Reader).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from ctrackd.attribution.plan import TargetRule
+from ctrackd.configschema import KEY, Node, Reader
+
+# Playback() and Dial's U() argument: a sound name Asterisk finds (no
+# extension, as Playback wants it), or an absolute path. No spaces, commas,
+# parentheses or `^` (they would split Dial's options), no `..`.
+SOUND = re.compile(r"^/?[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
+SOUND_EXPECTED = ("a sound file name without extension, such as custom/whisper-yandex"
+                  " (letters, digits, '_', '-', '/')")
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)B?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+SIZE_EXPECTED = "a size such as 500M, 20G or 1T (bytes when no unit)"
+HOOK_EVENTS = ("missed",)
+
+
+@dataclass(frozen=True)
+class PromoConfig:
+    """Promo codes: every visitor session gets one; promo lines ask callers for it."""
+
+    length: int = 4                 # digits per code
+    code_ttl: float = 86400.0       # seconds a code stays callable after the session's last sign of life
+    prompt: str = "beep"            # sound played to ask for the code (GET DATA)
+    retry_prompt: str | None = None  # sound before another try (None: the prompt again)
+    digit_timeout: float = 8.0      # seconds the caller has to key the code
+    attempts: int = 2               # tries before the call falls back to the number's channel
+    operator_prefix: str = "*"      # what the operator keys before the code
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """Where an event goes: a JSON POST to `url`, or a `command` with the JSON on stdin."""
+
+    name: str
+    events: tuple[str, ...] = ("missed",)
+    url: str | None = None
+    command: tuple[str, ...] | None = None
+    secret: str | None = field(default=None, repr=False)  # HMAC-SHA256 of the body, if set
+    timeout: float = 10.0           # seconds per attempt
+    max_attempts: int = 20          # then the delivery is given up (kept in the outbox)
+    max_delay: float = 3600.0       # cap of the retry backoff, seconds
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """Recording retention: off unless one limit is set."""
+
+    max_age_days: float | None = None   # delete recordings older than this
+    max_bytes: int | None = None        # keep the recordings folder under this size
+    min_free_bytes: int | None = None   # keep at least this much free on its disk
+    interval: float = 3600.0            # seconds between prunes inside the daemon
+    dry_run: bool = False               # the daemon only logs what it would delete
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in (self.max_age_days, self.max_bytes,
+                                           self.min_free_bytes))
+
+
+def parse_size(text: str) -> int | None:
+    """`20G` -> bytes (binary units); None when it is no size."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        return None
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def size(r: Reader, node: Node | None, path: str) -> int | None:
+    if node is None:
+        return None
+    raw = r.text(node, path)
+    value = parse_size(raw)
+    if value is None or value <= 0:
+        r.fail(node, path, SIZE_EXPECTED, repr(raw))
+    return value
+
+
+def sound(r: Reader, node: Node | None, path: str) -> str | None:
+    if node is None:
+        return None
+    value = r.pattern(node, path, SOUND, SOUND_EXPECTED)
+    if ".." in value.split("/"):
+        r.fail(node, path, SOUND_EXPECTED, repr(value))
+    return value
+
+
+def promo_section(r: Reader, node: Node | None) -> PromoConfig:
+    if node is None:
+        return PromoConfig()
+    m = r.mapping(node, "promo", {"length", "code_ttl", "prompt", "retry_prompt",
+                                  "digit_timeout", "attempts", "operator_prefix"})
+    prefix = r.choice_text(m.get("operator_prefix"), "promo.operator_prefix", {"*", "#"},
+                           default="*")
+    return PromoConfig(
+        length=r.integer(m.get("length"), "promo.length", default=4, low=3, high=8),
+        code_ttl=r.number(m.get("code_ttl"), "promo.code_ttl", default=86400.0, low=60,
+                          high=90 * 86400),
+        prompt=sound(r, m.get("prompt"), "promo.prompt") or "beep",
+        retry_prompt=sound(r, m.get("retry_prompt"), "promo.retry_prompt"),
+        digit_timeout=r.number(m.get("digit_timeout"), "promo.digit_timeout", default=8.0,
+                               low=1, high=60),
+        attempts=r.integer(m.get("attempts"), "promo.attempts", default=2, low=1, high=5),
+        operator_prefix=prefix,
+    )
+
+
+def target_rule(r: Reader, node: Node | None, path: str,
+                base: TargetRule | None = None) -> TargetRule | None:
+    """`{min_talk_seconds, answered, unique_days}`; keys left out come from `base`."""
+    if node is None:
+        return base
+    base = base or TargetRule()
+    m = r.mapping(node, path, {"min_talk_seconds", "answered", "unique_days"})
+    return TargetRule(
+        min_talk_seconds=r.number(m.get("min_talk_seconds"), f"{path}.min_talk_seconds",
+                                  default=base.min_talk_seconds, low=0, high=86400),
+        answered=r.boolean(m.get("answered"), f"{path}.answered", default=base.answered),
+        unique_days=r.integer(m.get("unique_days"), f"{path}.unique_days",
+                              default=base.unique_days, low=0, high=3650),
+    )
+
+
+def hooks_section(r: Reader, node: Node | None) -> tuple[HookConfig, ...]:
+    if node is None:
+        return ()
+    hooks: list[HookConfig] = []
+    for key_node, value in r.entries(node, "hooks"):
+        name = r.pattern(key_node, "hooks", KEY, "a hook name of letters, digits, '_', '.', '-'")
+        path = f"hooks.{name}"
+        m = r.mapping(value, path, {"events", "url", "command", "secret", "timeout",
+                                    "max_attempts", "max_delay"})
+        if ("url" in m) == ("command" in m):
+            r.fail(value, path, "exactly one of url or command",
+                   "both" if "url" in m else "neither")
+        url = None
+        if "url" in m:
+            url = r.text(m["url"], f"{path}.url")
+            if not re.match(r"^https?://[^\s/]+", url):
+                r.fail(m["url"], f"{path}.url", "an http:// or https:// URL", repr(url))
+        command = None
+        if "command" in m:
+            command = _argv(r, m["command"], f"{path}.command")
+        events = tuple(_list(r, m.get("events"), f"{path}.events", ["missed"]))
+        for event_node, event in zip(_nodes(m.get("events")), events):
+            if event not in HOOK_EVENTS:
+                r.fail(event_node, f"{path}.events", "one of " + ", ".join(HOOK_EVENTS),
+                       repr(event))
+        hooks.append(HookConfig(
+            name=name, events=events, url=url, command=command,
+            secret=r.text(m.get("secret"), f"{path}.secret", default=None),
+            timeout=r.number(m.get("timeout"), f"{path}.timeout", default=10.0, low=0.1,
+                             high=300),
+            max_attempts=r.integer(m.get("max_attempts"), f"{path}.max_attempts", default=20,
+                                   low=1, high=1000),
+            max_delay=r.number(m.get("max_delay"), f"{path}.max_delay", default=3600.0,
+                               low=1, high=86400)))
+    return tuple(hooks)
+
+
+def retention_section(r: Reader, node: Node | None) -> RetentionConfig:
+    if node is None:
+        return RetentionConfig()
+    path = "recordings.retention"
+    m = r.mapping(node, path, {"max_age_days", "max_size", "min_free", "interval", "dry_run"})
+    age = m.get("max_age_days")
+    return RetentionConfig(
+        max_age_days=(r.number(age, f"{path}.max_age_days", default=0.0, low=0.01, high=36500)
+                      if age is not None else None),
+        max_bytes=size(r, m.get("max_size"), f"{path}.max_size"),
+        min_free_bytes=size(r, m.get("min_free"), f"{path}.min_free"),
+        interval=r.number(m.get("interval"), f"{path}.interval", default=3600.0, low=10,
+                          high=7 * 86400),
+        dry_run=r.boolean(m.get("dry_run"), f"{path}.dry_run", default=False),
+    )
+
+
+def _nodes(node: Node | None) -> list[Node]:
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _list(r: Reader, node: Node | None, path: str, default: list[str]) -> list[str]:
+    if node is None:
+        return default
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        r.fail(node, path, "a non-empty list", r.describe(node))
+    return [r.text(item, path) for item in node.value]
+
+
+def _argv(r: Reader, node: Node, path: str) -> tuple[str, ...]:
+    """A command as a list (no shell: nothing in an event can become shell syntax)."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        r.fail(node, path, "a command as a non-empty list, such as [/usr/local/bin/notify, "
+               "--missed]", r.describe(node))
+    argv = tuple(r.text(item, path) for item in node.value)
+    if not argv[0].startswith("/"):
+        r.fail(node.value[0], path, "an absolute path to the program", repr(argv[0]))
+    return argv
