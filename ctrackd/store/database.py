@@ -106,6 +106,12 @@ class Store:
         if rows:
             await self._submit(queries.UPSERT_POOL_USAGE, rows)
 
+    async def write(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        """Any upsert of the `INSERT ... VALUES (:name, ...) ON CONFLICT ...` shape
+        (see queries.multi_row), group-committed like the others; returns once durable."""
+        if rows:
+            await self._submit(sql, rows)
+
     async def open_calls(self) -> list[CallProgress]:
         async with self._lock:
             rows = await self._db.execute_fetchall(queries.SELECT_OPEN_PROGRESS)
