@@ -9,7 +9,9 @@ Two kinds of checks:
 - The dialplan text itself is read back into contexts, extensions and
   priorities to check what docs/architecture.md ("Dialplan logic") promises:
   the variable names, the order of the steps, the AGISTATUS test, the
-  fallback chain, MixMonitor of CTRACK_RECORDING only, no Dial option M().
+  fallback chain, MixMonitor of CTRACK_RECORDING only, no Dial option M(),
+  the operator tagging (SIP headers in a pre-dial handler, on PJSIP only;
+  the whisper before the bridge; no option at all when unset).
 The simulator (tests/simulator/dialplan.py) replays this dialplan by
 priority number; a last check keeps its numbers and this file in step.
 """
@@ -58,14 +60,16 @@ FINDING = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+) (?P<cls>[A-Z][A-Z0-9_]+)
 # Applications and functions present, with the arguments used here, in every
 # Asterisk from 18 to 22 (and 13): the file must work unchanged on all.
 ALLOWED_APPS = {"NoOp", "Set", "ExecIf", "GotoIf", "Goto", "AGI", "MixMonitor", "Dial", "Queue",
-                "Busy", "Congestion", "Hangup", "Log", "Return"}
-ALLOWED_FUNCTIONS = {"CALLERID", "CHANNEL", "LEN"}
-# Channel variables of the dialplan's own (the defaults it computes per call).
-DIALPLAN_LOCALS = {"CTRACK_AGI_URL", "CTRACK_FALLBACK_AGI_PATH", "CTRACK_CONFIG_PATH"}
+                "Busy", "Congestion", "Hangup", "Log", "Return", "Playback"}
+# PJSIP_HEADER exists since 12 (res_pjsip_header_funcs); asterisklint 0.4.3 knows it.
+ALLOWED_FUNCTIONS = {"CALLERID", "CHANNEL", "LEN", "PJSIP_HEADER"}
+# Channel variables of the dialplan's own (the defaults it computes per call, Dial's options).
+DIALPLAN_LOCALS = {"CTRACK_AGI_URL", "CTRACK_FALLBACK_AGI_PATH", "CTRACK_CONFIG_PATH",
+                   "CTRACK_DIAL_OPTIONS"}
 GLOBALS = {"CTRACKD_AGI", "CTRACKD_FALLBACK", "CTRACKD_FALLBACK_AGI", "CTRACKD_CONFIG"}
 # What Asterisk itself sets, read by the dialplan.
 ASTERISK_VARS = {"EXTEN", "UNIQUEID", "CHANNEL", "AGISTATUS", "DIALSTATUS", "HANGUPCAUSE",
-                 "INVALID_EXTEN"}
+                 "INVALID_EXTEN", "ARG1"}
 
 
 # ---------------------------------------------------------------------------
@@ -222,6 +226,15 @@ FLOW = INBOUND[DID_EXTEN]
 ALL_STEPS = [s for exts in DIALPLAN.values() for steps in exts.values() for s in steps]
 
 
+DIAL = "Dial(${CTRACK_FORWARD},${CTRACK_RING_TIMEOUT},${CTRACK_DIAL_OPTIONS})"
+QUEUE = "Queue(${CTRACK_FORWARD:6:-1},r${CTRACK_DIAL_OPTIONS},,${CTRACK_WHISPER},${CTRACK_RING_TIMEOUT})"
+CLEAR_OPTIONS = "Set(CTRACK_DIAL_OPTIONS=)"
+HEADERS_OPTION = ('ExecIf($["${CTRACK_SIP_HEADERS}" = "1"]?'
+                  "Set(CTRACK_DIAL_OPTIONS=b(ctrackd-predial^s^1)))")
+WHISPER_OPTION = ("ExecIf($[${LEN(${CTRACK_WHISPER})} > 0]?Set(CTRACK_DIAL_OPTIONS="
+                  "${CTRACK_DIAL_OPTIONS}U(ctrackd-whisper^${CTRACK_WHISPER})))")
+
+
 def index_of(text: str, steps: list[Step] = FLOW) -> int:
     found = [i for i, s in enumerate(steps) if s.text == text]
     assert len(found) == 1, f"expected exactly one `{text}`, found {len(found)}"
@@ -249,7 +262,8 @@ def jumps(step: Step) -> list[str]:
 
 def test_only_our_contexts_and_no_globals() -> None:
     # [globals] or [general] here would overwrite the admin's own.
-    assert set(DIALPLAN) == {"ctrackd-inbound", "ctrackd-hangup"}
+    assert set(DIALPLAN) == {"ctrackd-inbound", "ctrackd-hangup", "ctrackd-predial",
+                             "ctrackd-whisper"}
     assert not re.search(r"^\s*\[(globals|general)\]", DIALPLAN_TEXT, re.M | re.I)
 
 
@@ -312,7 +326,7 @@ def test_step_4_recording_and_operator_display() -> None:
     display = labelled("display")
     assert FLOW[display].text == "GotoIf($[${LEN(${CTRACK_CALLERID_NAME})} = 0]?route)"
     assert FLOW[display + 1].text == "Set(CALLERID(name)=${CTRACK_CALLERID_NAME})"
-    assert display < index_of("Dial(${CTRACK_FORWARD},${CTRACK_RING_TIMEOUT})")
+    assert display < index_of(DIAL)
 
 
 def test_mixmonitor_names_only_our_variable() -> None:
@@ -327,11 +341,54 @@ def test_step_5_dial_or_queue_with_the_ring_timeout() -> None:
     assert FLOW[route].text == (
         "ExecIf($[${LEN(${CTRACK_RING_TIMEOUT})} = 0]?Set(CTRACK_RING_TIMEOUT=30))")
     queue_test = index_of('GotoIf($["${CTRACK_FORWARD:0:6}" = "Queue("]?queue)')
-    dial = index_of("Dial(${CTRACK_FORWARD},${CTRACK_RING_TIMEOUT})")
+    dial = index_of(DIAL)
     queue = labelled("queue")
     assert route < queue_test < dial < queue
-    assert FLOW[queue].text == "Queue(${CTRACK_FORWARD:6:-1},r,,,${CTRACK_RING_TIMEOUT})"
+    assert FLOW[queue].text == QUEUE
     assert FLOW[dial + 1].text == "Goto(dialed)"
+
+
+def test_tagging_variables_are_cleared_before_the_agi() -> None:
+    # The AGI sends them only when set: a value from before the Goto must not
+    # whisper to or tag a call whose channel asked for neither.
+    agi = index_of("AGI(${CTRACK_AGI_URL}/track)")
+    for name in (variables.PROMO_CODE_VAR, variables.WHISPER_VAR, variables.SIP_HEADERS_VAR,
+                 variables.HEADER_CHANNEL_VAR, variables.HEADER_CAMPAIGN_VAR):
+        # (the header values without their "_": Set deletes any variable of that
+        # name, inherited or not, and an empty "_X" would be inherited by every leg)
+        assert index_of(f"Set({name}=)") < agi, name
+
+
+def test_dial_options_are_built_only_from_the_tagging_variables() -> None:
+    # Cleared first (nothing stale), b() for the headers before the queue
+    # branch (Queue takes b() too), U() for the whisper on the Dial path only.
+    clear, headers = index_of(CLEAR_OPTIONS), index_of(HEADERS_OPTION)
+    queue_test = index_of('GotoIf($["${CTRACK_FORWARD:0:6}" = "Queue("]?queue)')
+    whisper, dial = index_of(WHISPER_OPTION), index_of(DIAL)
+    assert labelled("route") < clear < headers < queue_test < whisper < dial
+    assert FLOW[clear + 1].text == HEADERS_OPTION
+    # the only writes of CTRACK_DIAL_OPTIONS are those three
+    writes = [s.text for s in ALL_STEPS if "CTRACK_DIAL_OPTIONS=" in s.text]
+    assert writes == [CLEAR_OPTIONS, HEADERS_OPTION, WHISPER_OPTION]
+
+
+def test_predial_adds_headers_on_pjsip_only_and_returns() -> None:
+    steps = DIALPLAN["ctrackd-predial"]["s"]
+    assert steps[0].text == 'GotoIf($["${CHANNEL(channeltype)}" != "PJSIP"]?done)'
+    headers = [s.text for s in steps if "PJSIP_HEADER" in s.text]
+    assert headers == [
+        "Set(PJSIP_HEADER(add,X-CTrack-Channel)=${" + variables.HEADER_CHANNEL_VAR + "})",
+        "Set(PJSIP_HEADER(add,X-CTrack-Campaign)=${" + variables.HEADER_CAMPAIGN_VAR + "})"]
+    # a plain Set per header (the value is not parsed again), each skipped when empty
+    for i, step in enumerate(steps):
+        if "PJSIP_HEADER" in step.text:
+            var = re.search(r"\$\{(CTRACK_HDR_\w+)\}", step.text).group(1)
+            assert steps[i - 1].text.startswith(f"GotoIf($[${{LEN(${{{var}}})}} = 0]?")
+    assert steps[-1].text == "Return()" and steps[-1].label == "done"
+
+
+def test_whisper_plays_its_argument_and_returns() -> None:
+    assert [s.text for s in DIALPLAN["ctrackd-whisper"]["s"]] == ["Playback(${ARG1})", "Return()"]
 
 
 def test_step_6_busy_congestion_hangup() -> None:
@@ -399,8 +456,8 @@ def test_the_simulator_follows_these_priorities() -> None:
         "P_AGI": "AGI(${CTRACK_AGI_URL}/track)",
         "P_MIXMONITOR": "MixMonitor(${CTRACK_RECORDING},b)",
         "P_CALLERID": "Set(CALLERID(name)=${CTRACK_CALLERID_NAME})",
-        "P_DIAL": "Dial(${CTRACK_FORWARD},${CTRACK_RING_TIMEOUT})",
-        "P_QUEUE": "Queue(${CTRACK_FORWARD:6:-1},r,,,${CTRACK_RING_TIMEOUT})",
+        "P_DIAL": DIAL,
+        "P_QUEUE": QUEUE,
         "P_HANGUP": "Hangup()",
         "P_BUSY": "Busy(3)",
         "P_CONGESTION": "Congestion(3)",

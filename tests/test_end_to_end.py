@@ -51,9 +51,9 @@ QUICK = Phone(answer_after=0.3, talk=0.8)
 
 
 class Setup:
-    def __init__(self, folder: Path, ami: FakeAmi) -> None:
+    def __init__(self, folder: Path, ami: FakeAmi, config: str = CONFIG) -> None:
         self.config_path = folder / "ctrackd.yaml"
-        self.config_path.write_text(CONFIG.format(ami_port=ami.port), encoding="utf-8")
+        self.config_path.write_text(config.format(ami_port=ami.port), encoding="utf-8")
         self.ami = ami
         self.daemon: Daemon | None = None
 

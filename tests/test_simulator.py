@@ -474,3 +474,181 @@ async def test_dialplan_events_shapes_and_inheritance_order(captures: Path, ami:
     leg = dict(next(e for e in call.events if dict(e)["Event"] == "DialBegin"))["DestChannel"]
     leg_vars = [dict(e)["Variable"] for e in extra if dict(e)["Event"] == "VarSet" and dict(e)["Channel"] == leg]
     assert leg_vars[:3] == ["DIALEDPEERNUMBER", "__CTRACK_CHANNEL", "__CTRACK_CALL_ID"]   # capture 01
+
+
+# --- operator tagging: Dial b() / U(), Queue b() / announceoverride -------------------------
+
+TAGS = ",CTRACK_SIP_HEADERS=1,_CTRACK_HDR_CHANNEL=google-ads,_CTRACK_HDR_CAMPAIGN=brand"
+
+
+def event_index(call, name: str, **headers: str) -> int:
+    return next(i for i, e in enumerate(call.events)
+                if dict(e)["Event"] == name and all(dict(e).get(k) == v for k, v in headers.items()))
+
+
+async def test_predial_headers_and_whisper_reach_the_pjsip_leg_before_the_bridge(ami: FakeAmi) -> None:
+    route = mset("PJSIP/101") + TAGS + ",CTRACK_WHISPER=custom/whisper-google"
+    agi = TinyAgi({"74950000001": route})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, dialplan_events=True,
+                            sounds={"custom/whisper-google": 0.2},
+                            phones={"PJSIP/101": Phone(answer_after=0.05, talk=0.1)})
+    call = await sim.call("74950000001", Caller(CALLER))
+    [leg] = call.legs
+    assert leg.sip_headers == (("X-CTrack-Channel", "google-ads"), ("X-CTrack-Campaign", "brand"))
+    assert leg.heard == ("custom/whisper-google",) and leg.answered and not leg.function_errors
+    assert leg.variables["PLAYBACKSTATUS"] == "SUCCESS"
+    assert call.cdrs[0]["LastData"] == ("PJSIP/101,20,b(ctrackd-predial^s^1)U(ctrackd-whisper^custom/whisper-google)")
+    # pre-dial: Newexten of [ctrackd-predial] on the leg, all before it is called (DialBegin)
+    predial = [i for i, e in enumerate(call.events) if dict(e)["Event"] == "Newexten"
+               and dict(e)["Context"] == "ctrackd-predial"]
+    assert predial and max(predial) < event_index(call, "DialBegin")
+    assert [dict(call.events[i])["Priority"] for i in predial] == ["1", "2", "3", "4", "5", "6"]
+    # whisper: Playback on the answered leg, then DialEnd ANSWER, then the bridge (app_dial.c)
+    play = event_index(call, "Newexten", Context="ctrackd-whisper", Application="Playback")
+    assert dict(call.events[play])["AppData"] == "custom/whisper-google"
+    assert dict(call.events[play])["Channel"] == leg.channel
+    answered = event_index(call, "Newstate", Channel=leg.channel, ChannelStateDesc="Up")
+    ret = event_index(call, "Newexten", Context="ctrackd-whisper", Application="Return")
+    assert answered < play < ret < event_index(call, "DialEnd", DialStatus="ANSWER") < \
+        event_index(call, "BridgeEnter")
+    assert call.dial_status == "ANSWER" and call.cdr["Disposition"] == "ANSWERED"
+    # the leg snapshot is back on its own place after each Gosub
+    assert dict(call.events[event_index(call, "BridgeEnter", Channel=leg.channel)])["Context"] == ""
+
+
+async def test_headers_skipped_on_iax2_and_a_missing_whisper_still_connects(ami: FakeAmi) -> None:
+    route = mset("IAX2/phones/100") + TAGS + ",CTRACK_WHISPER=custom/missing"
+    agi = TinyAgi({"74950000001": route})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, sounds={},
+                            phones={"IAX2/phones/100": Phone(answer_after=0.05, talk=0.05)})
+    call = await sim.call("74950000001", Caller(CALLER))
+    [leg] = call.legs
+    assert (leg.sip_headers, leg.function_errors, leg.heard) == ((), (), ())  # GotoIf skipped the Set
+    assert leg.variables["PLAYBACKSTATUS"] == "FAILED"
+    assert call.dial_status == "ANSWER" and call.cdr["Disposition"] == "ANSWERED"
+
+
+async def test_no_tagging_no_options_and_no_subroutine(ami: FakeAmi) -> None:
+    agi = TinyAgi({"74950000001": mset("PJSIP/101")})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, dialplan_events=True,
+                            phones={"PJSIP/101": Phone(answer_after=0.05, talk=0.05)})
+    call = await sim.call("74950000001", Caller(CALLER))
+    assert call.cdrs[0]["LastData"] == "PJSIP/101,20,"        # the options argument empty
+    assert not [e for e in call.events if dict(e)["Event"] == "Newexten"]
+    assert call.legs[0].sip_headers == () and call.legs[0].heard == ()
+    assert "CTRACK_HDR_CHANNEL" not in call.legs[0].variables   # nothing empty inherited either
+
+
+async def test_queue_takes_b_and_plays_the_whisper_as_announceoverride(ami: FakeAmi) -> None:
+    route = mset("Queue(sales)") + TAGS + ",CTRACK_WHISPER=custom/whisper-google"
+    agi = TinyAgi({"74950000010": route})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, sounds={"custom/whisper-google": 0.1},
+                            phones={"PJSIP/100": Phone(answer_after=0.05, talk=0.05), "PJSIP/101": NEVER},
+                            queues={"sales": [QueueMember("PJSIP/100", "Office 100"),
+                                              QueueMember("PJSIP/101", "Office 101")]})
+    call = await sim.call("74950000010", Caller(CALLER))
+    assert call.cdrs[0]["LastData"] == "sales,rb(ctrackd-predial^s^1),,custom/whisper-google,20"
+    by_target = {leg.target: leg for leg in call.legs}
+    for leg in by_target.values():     # every member rang with the headers
+        assert leg.sip_headers == (("X-CTrack-Channel", "google-ads"), ("X-CTrack-Campaign", "brand"))
+    assert by_target["PJSIP/100"].heard == ("custom/whisper-google",) and by_target["PJSIP/101"].heard == ()
+    assert call.answered_by == "PJSIP/100"
+
+
+# --- DTMF: GET DATA answers (res_agi.c handle_getdata) and the operator's keys ---------------
+
+@pytest.mark.parametrize("keys, timeout, reply", [
+    ("4821#", 2000, b"200 result=4821\n"),
+    ("#", 2000, b"200 result=\n"),
+    ("", 300, b"200 result= (timeout)\n"),
+    ("48", 300, b"200 result=48 (timeout)\n"),
+    ("123456", 2000, b"200 result=1234\n"),                    # max digits 4
+])
+async def test_get_data_answers_like_asterisk(keys: str, timeout: int, reply: bytes, ami: FakeAmi) -> None:
+    agi = TinyAgi({"1": ["ANSWER", f"GET DATA beep {timeout} 4"]})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami)
+    chan = sim.new_trunk("1", Caller("9", dtmf=keys, dtmf_after=0.05, dtmf_gap=0.02), [])
+    await run_fastagi(sim.globals["CTRACKD_AGI"] + "/track", chan)
+    await agi.settled()
+    assert agi.replies[1] == reply
+
+
+async def test_get_data_retries_take_the_next_keys_and_emit_dtmf_like_capture_18(
+        captures: Path, ami: FakeAmi) -> None:
+    agi = TinyAgi({"1": ["ANSWER", "GET DATA beep 300 8", "GET DATA beep 2000 8"]})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami)
+    events: list = []
+    chan = sim.new_trunk("1", Caller("9", dtmf=("", "4821#"), dtmf_after=0.05, dtmf_gap=0.02), events)
+    await run_fastagi(sim.globals["CTRACKD_AGI"] + "/track", chan)
+    await agi.settled()
+    assert agi.replies[1:3] == [b"200 result= (timeout)\n", b"200 result=4821\n"]
+    events = [e for e in events if dict(e)["Event"].startswith("DTMF")]
+    dtmf = [(dict(e)["Event"], dict(e)["Digit"], dict(e)["Direction"]) for e in events]
+    assert dtmf == [(n, d, "Received") for d in "4821#" for n in ("DTMFBegin", "DTMFEnd")]
+    expected = {(dict(m)["Event"], tuple(k for k, _ in m)) for m in
+                read_capture(next((captures / "ami").glob("18-*.txt")), skip_login=True)
+                if dict(m).get("Event", "").startswith("DTMF")}
+    assert {(dict(e)["Event"], tuple(k for k, _ in e)) for e in events} <= expected
+    assert {dict(e)["DurationMs"] for e in events if dict(e)["Event"] == "DTMFEnd"} == {"0"}
+
+
+async def test_get_data_caller_hangs_up_while_keying(ami: FakeAmi) -> None:
+    agi = TinyAgi({"1": ["GET DATA beep 2000 4", "NOOP"]})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami)
+    chan = sim.new_trunk("1", Caller("9", dtmf="48", dtmf_after=0.3), [])
+    asyncio.get_running_loop().call_later(0.1, chan.hungup.set)
+    result = await run_fastagi(sim.globals["CTRACKD_AGI"] + "/track", chan)
+    await agi.settled()
+    assert agi.replies[0] == b"200 result=-1\n" and result.status == "HANGUP"
+
+
+async def test_operator_keys_star_code_on_both_legs_like_capture_13(captures: Path, ami: FakeAmi) -> None:
+    agi = TinyAgi({"74950000013": mset("IAX2/phones/200")})
+    sim = SimulatedAsterisk(("127.0.0.1", await agi.start()), ami, phones={
+        "IAX2/phones/200": Phone(answer_after=0.05, talk=0.6, dtmf="*1234#", dtmf_after=0.05, dtmf_gap=0.04)})
+    call = await sim.call("74950000013", Caller(CALLER))
+    got = [e for e in call.events if dict(e)["Event"].startswith("DTMF")]
+    expected = [m for m in read_capture(next((captures / "ami").glob("13-*.txt")), skip_login=True)
+                if dict(m).get("Event", "").startswith("DTMF")]
+    leg = call.legs[0].channel
+    def shape(events):
+        return [(dict(e)["Event"], dict(e)["Digit"], dict(e)["Direction"],
+                 "phone" if dict(e)["Channel"].startswith("IAX2/phones") else "trunk") for e in events]
+    assert shape(got) == shape(expected)
+    assert [tuple(k for k, _ in e) for e in got] == [tuple(k for k, _ in e) for e in expected]
+    assert {dict(e)["Channel"] for e in got} == {leg, call.channel}
+    bridge = event_index(call, "BridgeEnter", Channel=call.channel)
+    assert call.events.index(got[0]) > bridge
+
+
+# --- an outbound call from an office phone (no capture: built from documented fields) --------
+
+@pytest.mark.parametrize("callee, status, answered", [
+    (Phone(answer_after=0.05, talk=0.05), "ANSWER", True),
+    (Phone(busy=True), "BUSY", False),
+    (Phone(never_answers=True), "NOANSWER", False),
+])
+async def test_outbound_call_from_an_office_phone(callee: Phone, status: str, answered: bool,
+                                                  captures: Path, ami: FakeAmi) -> None:
+    sim = SimulatedAsterisk(ami=ami, trunk="PJSIP/carrier")
+    call = await sim.outbound_call("PJSIP/101", "+79161234567", callee=callee, timeout=1)
+    assert (call.dial_status, call.answered_by is not None) == (status, answered)
+    first = dict(call.events[0])
+    assert (first["Event"], first["Channel"][:10], first["Context"], first["Exten"], first["CallerIDNum"]) == (
+        "Newchannel", "PJSIP/101-", "internal", "+79161234567", "101")
+    begin = dict(next(e for e in call.events if dict(e)["Event"] == "DialBegin"))
+    assert (begin["DialString"], begin["DestCallerIDNum"], begin["DestConnectedLineNum"]) == (
+        "carrier/+79161234567", "+79161234567", "101")
+    assert {v for e in call.events for k, v in e if k == "ChanVariable"} == {"CTRACK_CALL_ID=", "CTRACK_CHANNEL="}
+    names_ = [dict(e)["Event"] for e in call.events]
+    assert ("BridgeEnter" in names_) == answered and names_.count("Hangup") == 2
+    assert [dict(e)["DialStatus"] for e in call.events if dict(e)["Event"] == "DialEnd"] == [status]
+    assert call.cdr["Disposition"] == {"ANSWER": "ANSWERED", "BUSY": "BUSY", "NOANSWER": "NO ANSWER"}[status]
+    # same header shapes as the inbound captures' events of the same names
+    shapes: dict[str, set] = {}
+    for f in (captures / "ami").glob("0[1-4]-*.txt"):
+        for m in read_capture(f, skip_login=True):
+            shapes.setdefault(dict(m).get("Event"), set()).add(tuple(k for k, _ in m))
+    for e in call.events:
+        assert tuple(k for k, _ in e) in shapes[dict(e)["Event"]], dict(e)["Event"]
+    assert sim.live_channels() == []

@@ -41,7 +41,6 @@ class AgiChannel(Protocol):
     """What an AGI session needs from the channel it runs on (pbx.Channel)."""
 
     hungup: asyncio.Event          # set when the channel is hung up (the AGI then runs "dead")
-    dtmf: str                      # digits the caller will key (GET DATA)
 
     def agi_env(self) -> list[tuple[str, str]]: ...   # agi_channel ... agi_threadid
     def get_var(self, name: str) -> str | None: ...
@@ -49,6 +48,7 @@ class AgiChannel(Protocol):
     def exec_app(self, app: str, data: str) -> int: ...
     def substitute(self, text: str) -> str: ...
     def answer(self) -> None: ...
+    async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> tuple[int, str]: ...
     def agi_exec(self, command: str, code: int | None, command_id: int) -> None: ...
 
 
@@ -151,10 +151,17 @@ class AgiDialogue:
         if words == ("verbose",):
             return None if argc < 2 else "1"
         if words == ("get", "data"):
+            # handle_getdata(): `200 result=4821` ("#" or max digits), `200 result=`
+            # ("#" alone), `200 result=48 (timeout)` / `200 result= (timeout)`, and
+            # `200 result=-1` when the channel hangs up while it waits.
             if argc < 3:
                 return None
-            digits = ch.dtmf.split("#", 1)[0]
-            return digits if digits else " (timeout)"
+            timeout = c_atoi(argv[3]) if argc >= 4 else 0
+            max_digits = c_atoi(argv[4]) if argc >= 5 else 1024
+            res, data = await ch.get_data(argv[2], timeout, max_digits)
+            if res == 1:
+                return f"{data} (timeout)"
+            return "-1" if res < 0 else data
         if words == ("database", "put"):
             if argc != 5:
                 return None
@@ -174,6 +181,19 @@ class AgiDialogue:
         if words == ("stream", "file"):
             return None if argc < 4 or argc > 5 else "0 endpos=0"
         return "0"                      # noop and the rest: accepted, nothing to model
+
+
+def c_atoi(text: str) -> int:
+    """C atoi(): leading blanks, a sign, then digits; anything else stops (0 if none)."""
+    text = text.lstrip(" \t")
+    sign, digits = 1, ""
+    if text[:1] in "+-" and text[:1]:
+        sign, text = (-1 if text[0] == "-" else 1), text[1:]
+    for ch in text:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return sign * int(digits) if digits else 0
 
 
 def _env_lines(env: list[tuple[str, str]]) -> bytes:

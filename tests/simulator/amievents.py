@@ -131,6 +131,18 @@ def agi_exec_end(ch: Snapshot, command_id: int, command: str, code: int, result:
                                             ("ResultCode", str(code)), ("Result", result)], "agi,all")
 
 
+# --- DTMF (Privilege dtmf; captures 13 and 18) ---------------------------------------------
+
+def dtmf_begin(ch: Snapshot, digit: str, direction: str) -> Headers:
+    return channel_event("DTMFBegin", ch, [("Digit", digit), ("Direction", direction)], "dtmf,all")
+
+
+def dtmf_end(ch: Snapshot, digit: str, duration_ms: int, direction: str) -> Headers:
+    # DurationMs is 0 on the Received side, the tone's length on the Sent side (13).
+    return channel_event("DTMFEnd", ch, [("Digit", digit), ("DurationMs", str(duration_ms)),
+                                         ("Direction", direction)], "dtmf,all")
+
+
 # --- dialling -------------------------------------------------------------------------
 
 def dial_begin(caller: Snapshot, dest: Snapshot, dialstring: str) -> Headers:

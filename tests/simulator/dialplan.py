@@ -1,7 +1,10 @@
 """The [ctrackd-inbound] dialplan run for one call: AMI events and CDR rows.
 
-Steps and priorities follow asterisk-dialplan/extensions_ctrackd.conf (the
-contract in docs/architecture.md, "Dialplan logic"); the events and their
+Steps follow asterisk-dialplan/extensions_ctrackd.conf (the contract in
+docs/architecture.md, "Dialplan logic"), their priority numbers are looked up
+in the file (gosub.priority_of), and the lines that build Dial's options and
+its data (operator tagging: b() for SIP headers, U() for the whisper) are run
+from the file's own text (gosub.run_line); the events and their
 order follow the captures of a real Asterisk 22, cited per sequence below.
 Where captures of the same situation disagree (Cdr and BridgeDestroy float
 between runs, README "Caveats"), one recorded order is reproduced and named.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tests.simulator import amievents as ev
+from tests.simulator import gosub
 from tests.simulator.agi_client import AgiResult, run_fastagi, run_stdin_agi
 from tests.simulator.asterisk_args import (MAX_ARGS, cause_disposition, cdr_billsec, cdr_duration,
                                           dial_status_to_disposition, standard_app_args)
@@ -128,9 +132,50 @@ class Cdr:
                 "Sequence": str(row.sequence)}
 
 
-# Priorities of extensions_ctrackd.conf, [ctrackd-inbound] _[0-9+].
-P_AGI, P_MIXMONITOR, P_CALLERID, P_DIAL, P_QUEUE = 13, 17, 19, 23, 25
-P_HANGUP, P_BUSY, P_CONGESTION, P_FALLBACK_PUSH, P_FALLBACK_AGI, P_NOWHERE = 29, 30, 32, 35, 37, 44
+# Priorities of extensions_ctrackd.conf, [ctrackd-inbound] _[0-9+], read from the file.
+_p = gosub.priority_of
+
+
+_FLOW = gosub.DIALPLAN[gosub.INBOUND_CONTEXT][gosub.DID_PATTERN]
+
+
+def _label(label: str) -> int:
+    return next(s.priority for s in _FLOW if s.label == label)
+
+
+def _containing(part: str) -> int:
+    """The one step whose data holds `part` (for the long ExecIf lines)."""
+    found = [s.priority for s in _FLOW if part in s.data]
+    if len(found) != 1:
+        raise LookupError(f"{part!r} in {len(found)} steps")
+    return found[0]
+
+
+P_CALL_ID = _p("Set(__CTRACK_CALL_ID=${UNIQUEID})")
+P_ORIG_NAME = _p("Set(CTRACK_ORIG_NAME=${CALLERID(name)})")
+#: cleared before the AGI: nothing stale may route, whisper or tag the call
+CLEARED = ("CTRACK_RECORDING", "CTRACK_CALLERID_NAME", "CTRACK_PROMO_CODE", "CTRACK_WHISPER",
+           "CTRACK_SIP_HEADERS", "CTRACK_HDR_CHANNEL", "CTRACK_HDR_CAMPAIGN")
+P_CLEAR_FORWARD = min(s.priority for s in _FLOW if f"{s.app}({s.data})" == "Set(CTRACK_FORWARD=)")
+P_AGI_URL = _p("Set(CTRACK_AGI_URL=agi://127.0.0.1:4573)")
+P_FALLBACK_AGI_PATH = _p("Set(CTRACK_FALLBACK_AGI_PATH=/usr/local/bin/ctrackd-agi)")
+P_CONFIG_PATH = _p("Set(CTRACK_CONFIG_PATH=/etc/ctrackd/ctrackd.yaml)")
+P_AGI = _p("AGI(${CTRACK_AGI_URL}/track)")
+P_MIXMONITOR = _p("MixMonitor(${CTRACK_RECORDING},b)")
+P_CALLERID = _p("Set(CALLERID(name)=${CTRACK_CALLERID_NAME})")
+P_ROUTE = _label("route")
+P_OPTIONS = (_p("Set(CTRACK_DIAL_OPTIONS=)"), _containing("CTRACK_DIAL_OPTIONS=b("))  # cleared, b()
+P_WHISPER = _containing("U(ctrackd-whisper^")
+P_DIAL = _p("Dial(${CTRACK_FORWARD},${CTRACK_RING_TIMEOUT},${CTRACK_DIAL_OPTIONS})")
+P_QUEUE = _label("queue")
+P_DIALED = _label("dialed")
+P_HANGUP = _p("Hangup()")
+P_BUSY = _label("busy")
+P_CONGESTION = _label("congestion")
+P_FALLBACK_PUSH = _p("Set(CHANNEL(hangup_handler_push)=ctrackd-hangup,s,1)")
+P_FALLBACK_AGI = _p("AGI(${CTRACK_FALLBACK_AGI_PATH},track,${CTRACK_CONFIG_PATH})")
+P_LASTRESORT_SET = _p("Set(CTRACK_FORWARD=${CTRACKD_FALLBACK})")
+P_NOWHERE = _label("nowhere") + 1
 MONITOR_DIR = "/var/spool/asterisk/monitor"
 
 
@@ -140,7 +185,7 @@ class InboundCall:
     def __init__(self, sim: SimulatedAsterisk, did: str, caller: Caller, phones: dict) -> None:
         self.sim, self.did, self.caller = sim, did, caller
         self.events: list[ev.Headers] = []
-        self.trunk: Channel = sim.new_trunk(did, caller, self.events)
+        self.trunk: Channel = self._party_a(did, caller)
         self.ringer = Ringer(self, phones)
         self.agi: list[AgiResult] = []
         self.agi_status = self.fallback_status = self.handler_status = None
@@ -153,6 +198,10 @@ class InboundCall:
         self.caller_gone = False            # the PSTN side hung up (HangupRequest already emitted)
         self.shutdown = False               # `core restart now` (capture 17)
         self._timers: list[asyncio.TimerHandle] = []
+
+    def _party_a(self, did: str, caller: Caller) -> Channel:
+        """The channel the dialplan runs on: the trunk leg of the inbound call."""
+        return self.sim.new_trunk(did, caller, self.events)
 
     # -- the caller ------------------------------------------------------------------
     def caller_hangs_up(self, cause: int = 16) -> None:
@@ -194,16 +243,17 @@ class InboundCall:
         t, g = self.trunk, self.sim.globals
         t.context = "ctrackd-inbound"          # the admin's Goto(ctrackd-inbound,${EXTEN},1)
         t.run_app("NoOp", f"ctrackd: inbound call to {self.did} on {t.name}", 1)
-        self._set("__CTRACK_CALL_ID", t.uniqueid, 2)
-        self._set("CTRACK_ORIG_NAME", t.caller_name or "", 3)
-        for prio, name in ((4, "CTRACK_FORWARD"), (5, "CTRACK_RECORDING"), (6, "CTRACK_CALLERID_NAME")):
-            self._set(name, "", prio)
+        self._set("__CTRACK_CALL_ID", t.uniqueid, P_CALL_ID)
+        self._set("CTRACK_ORIG_NAME", t.caller_name or "", P_ORIG_NAME)
+        self._set("CTRACK_FORWARD", "", P_CLEAR_FORWARD)
+        for name in CLEARED:
+            self._set(name, "", _p(f"Set({name}=)"))
         url = g.get("CTRACKD_AGI") or "agi://127.0.0.1:4573"
         script = g.get("CTRACKD_FALLBACK_AGI") or "/usr/local/bin/ctrackd-agi"
         config = g.get("CTRACKD_CONFIG") or "/etc/ctrackd/ctrackd.yaml"
-        self._set("CTRACK_AGI_URL", url, 8)
-        self._set("CTRACK_FALLBACK_AGI_PATH", script, 10)
-        self._set("CTRACK_CONFIG_PATH", config, 12)
+        self._set("CTRACK_AGI_URL", url, P_AGI_URL)
+        self._set("CTRACK_FALLBACK_AGI_PATH", script, P_FALLBACK_AGI_PATH)
+        self._set("CTRACK_CONFIG_PATH", config, P_CONFIG_PATH)
         t.run_app("AGI", f"{url}/track", P_AGI)
         agi_args = standard_app_args(f"{url}/track", MAX_ARGS)   # res_agi.c agi_exec_full()
         result = await run_fastagi(agi_args[0], t, agi_args[1:], usage_delay=self.sim.usage_delay)
@@ -226,14 +276,14 @@ class InboundCall:
         t = self.trunk
         t.run_app("Set", "CHANNEL(hangup_handler_push)=ctrackd-hangup,s,1", P_FALLBACK_PUSH)
         t.set_var("CHANNEL(hangup_handler_push)", "ctrackd-hangup,s,1")
-        self._set("CTRACK_FORWARD", "", 36)
+        self._set("CTRACK_FORWARD", "", P_FALLBACK_PUSH + 1)
         t.run_app("AGI", f"{script},track,{config}", P_FALLBACK_AGI)
         result = await self._stdin_agi(f"{script},track,{config}", dead=False)
         self.fallback_status = self._agi_done(result)
         if result.status == "HANGUP":
             return False
         if result.status != "SUCCESS" or not t.get_var("CTRACK_FORWARD"):
-            self._set("CTRACK_FORWARD", self.sim.globals.get("CTRACKD_FALLBACK", ""), 41)
+            self._set("CTRACK_FORWARD", self.sim.globals.get("CTRACKD_FALLBACK", ""), P_LASTRESORT_SET)
         return True
 
     async def _stdin_agi(self, data: str, dead: bool) -> AgiResult:
@@ -258,27 +308,26 @@ class InboundCall:
             t.run_app("Set", f"CALLERID(name)={name}", P_CALLERID)
             t.set_var("CALLERID(name)", name)
         if not t.get_var("CTRACK_RING_TIMEOUT"):
-            self._set("CTRACK_RING_TIMEOUT", "30", 20)
+            self._set("CTRACK_RING_TIMEOUT", "30", P_ROUTE)
         forward, timeout = t.get_var("CTRACK_FORWARD") or "", t.get_var("CTRACK_RING_TIMEOUT") or ""
         self.target = forward or None
         if t.hungup.is_set():
             return await self.finish(t.hangup_cause or 16)
         if not forward:                                   # (nowhere)
             return await self._reject("Congestion", 34, P_NOWHERE)
+        for priority in P_OPTIONS:                        # b() when CTRACK_SIP_HEADERS=1
+            await gosub.run_line(t, priority)
         if forward.startswith("Queue("):
-            data = f"{forward[6:-1]},r,,,{timeout}"
-            t.run_app("Queue", data, P_QUEUE)
-            outcome = await self.ringer.queue(data)
+            outcome = await self.ringer.queue(await gosub.run_line(t, P_QUEUE))
         else:
-            data = f"{forward},{timeout}"
-            t.run_app("Dial", data, P_DIAL)
-            outcome = await self.ringer.dial(data)
+            await gosub.run_line(t, P_WHISPER)            # U() when CTRACK_WHISPER is set
+            outcome = await self.ringer.dial(await gosub.run_line(t, P_DIAL))
         self.dial_status = outcome.status
         if outcome.winner is not None:
             return await self._bridged(outcome.winner)
         if t.hungup.is_set():
             return await self.finish(t.hangup_cause or 16)
-        t.run_app("NoOp", f"ctrackd: DIALSTATUS={outcome.status} HANGUPCAUSE={t.hangup_cause}", 26)
+        t.run_app("NoOp", f"ctrackd: DIALSTATUS={outcome.status} HANGUPCAUSE={t.hangup_cause}", P_DIALED)
         if outcome.status == "BUSY":
             return await self._reject("Busy", 17, P_BUSY)
         if outcome.status in ("CONGESTION", "CHANUNAVAIL"):
@@ -302,10 +351,14 @@ class InboundCall:
         if self.caller.hold_after_answer is not None:
             self.caller_hangs_up_in(self.caller.hold_after_answer)
         talk = leg.spec.talk if leg.spec.talk is not None else self.sim.max_talk
+        keys = asyncio.create_task(self._operator_keys(leg)) if leg.spec.dtmf else None
         try:
             await asyncio.wait_for(t.hungup.wait(), talk)
         except asyncio.TimeoutError:
             pass
+        if keys is not None:
+            keys.cancel()
+            await asyncio.gather(keys, return_exceptions=True)
         self.ringer.bridge_ended(answered)
         if self.shutdown:                               # 17: Cdr before the legs go
             self.cdrs = t.cdr.finalize(16)
@@ -337,6 +390,23 @@ class InboundCall:
             t.emit(ev.bridge_leave(bridge, 0, t))
             t.emit(ev.bridge_destroy(bridge))
             await self.finish(16)
+
+    async def _operator_keys(self, leg: Leg) -> None:
+        """The operator keys `Phone.dtmf` (e.g. "*1234#") once bridged: per digit
+        DTMFBegin on the phone leg (Received) and on the trunk leg (Sent), then
+        DTMFEnd on both, DurationMs 0 on the phone side and the tone's length on
+        the trunk side, in the order of capture 13."""
+        spec, t, phone = leg.spec, self.trunk, leg.chan
+        tone = min(0.1, spec.dtmf_gap / 2)
+        await asyncio.sleep(spec.dtmf_after)
+        for i, digit in enumerate(spec.dtmf):
+            if i:
+                await asyncio.sleep(spec.dtmf_gap - tone)
+            phone.emit(ev.dtmf_begin(phone, digit, "Received"))
+            t.emit(ev.dtmf_begin(t, digit, "Sent"))
+            await asyncio.sleep(tone)
+            phone.emit(ev.dtmf_end(phone, digit, 0, "Received"))
+            t.emit(ev.dtmf_end(t, digit, int(tone * 1000), "Sent"))
 
     async def finish(self, cause: int, *, legs_first: list[Leg] = (), before_hangup: list = (),
                      cdr: bool = True) -> None:

@@ -5,11 +5,14 @@ over stdin like res_agi.c, and emits over a FakeAmi the AMI events a real PBX
 would send for each call, in the order and header shapes of the captures.
 `await sim.call(did, Caller(...))` runs one call through [ctrackd-inbound]
 (dialplan.py) and returns what Asterisk knows afterwards (SimCall); any number
-of calls may run at once. This module also holds the Channel: what AMI
-snapshots render (amievents.Snapshot) and what an AGI session talks to
-(agi_client.AgiChannel), with pbx_builtin_setvar_helper() semantics
-(asterisk_args.ChannelVars), the dialplan functions ctrackd touches
-(CALLERID, CDR, CHANNEL(hangup_handler_push), LEN) and res_agi.c's environment.
+of calls may run at once; `await sim.outbound_call(...)` is an office phone
+calling out through the trunk (outbound.py). This module also holds the
+Channel: what AMI snapshots render (amievents.Snapshot) and what an AGI
+session talks to (agi_client.AgiChannel), with pbx_builtin_setvar_helper()
+semantics (asterisk_args.ChannelVars), the dialplan functions ctrackd touches
+(CALLERID, CDR, CHANNEL(hangup_handler_push|channeltype), LEN, PJSIP_HEADER),
+res_agi.c's environment, the caller's keys for GET DATA (ast_app_getdata()) and
+what the party on the channel heard (Playback, Queue announcements).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tests.simulator import amievents as ev
 from tests.simulator.agi_client import RESULT_TEXT, AgiResult
 from tests.simulator.asterisk_args import ChannelVars, mset_assignments, set_assignment
 from tests.simulator.dialplan import Cdr, CdrRow, InboundCall
-from tests.simulator.phones import Caller, ChannelNamer, Endpoint, Phone, QueueMember
+from tests.simulator.phones import CalledLeg, Caller, ChannelNamer, Endpoint, Phone, QueueMember
 
 if TYPE_CHECKING:
     from tests.simulator.ami_server import FakeAmi
@@ -66,10 +69,20 @@ class Channel:
     app_data: str = ""
     bridge_id: str = ""
     hangup_cause: int = 0
-    dtmf: str = ""
+    keys: list[str] = field(default_factory=list)   # the caller's keys, one string per GET DATA
+    key_after: float = 0.2                          # seconds before the first key of a prompt
+    key_gap: float = 0.1                            # seconds between keys
     cdr: Cdr | None = None
     hangup_handlers: list[str] = field(default_factory=list)
     threadid: int = field(default_factory=lambda: random.randrange(139900000000000, 140100000000000))
+    sip_headers: list[tuple[str, str]] = field(default_factory=list)  # PJSIP_HEADER(add,...) so far
+    heard: list[str] = field(default_factory=list)      # sounds played to this channel, in order
+    function_errors: list[str] = field(default_factory=list)  # dialplan function writes that failed
+
+    @property
+    def tech(self) -> str:
+        """CHANNEL(channeltype): the driver, the part of the name before '/'."""
+        return self.name.split("/", 1)[0]
 
     # -- amievents.Snapshot --------------------------------------------------------
     def caller_headers(self) -> tuple[str, str, str, str]:
@@ -110,10 +123,10 @@ class Channel:
                    "HANGUPCAUSE": str(self.hangup_cause)}
         return builtin[name] if name in builtin else self.getvar_helper(name)
 
-    def set_var(self, name: str, value: str) -> None:
+    def set_var(self, name: str, value: str | None) -> None:
         """`pbx_builtin_setvar_helper()`; a VarSet when the sim emits dialplan events."""
         if name.endswith(")"):
-            self.func_write(name, value)
+            self.func_write(name, value or "")
             return
         published = self.vars.set(name, value)
         if published is not None and self.sim.dialplan_events:
@@ -137,14 +150,26 @@ class Channel:
                  "answer": "AnswerTime", "end": "EndTime"}.get(field, ""))
         if func == "CHANNEL":
             return {"name": self.name, "uniqueid": self.uniqueid, "linkedid": self.linkedid,
-                    "state": ev.STATE_DESC.get(self.state, "Unknown")}.get(arg.lower())
+                    "state": ev.STATE_DESC.get(self.state, "Unknown"),
+                    "channeltype": self.tech}.get(arg.lower())
         if func == "LEN":
             return str(len(arg))
         return None
 
     def func_write(self, expr: str, value: str) -> None:
-        func, _, arg = expr[:-1].partition("(")
-        func, arg = func.upper(), arg.lower()
+        func, _, raw_arg = expr[:-1].partition("(")
+        func, arg = func.upper(), raw_arg.lower()
+        if func == "PJSIP_HEADER":
+            # res_pjsip_header_funcs.c: only a PJSIP channel has headers ("This function
+            # requires a PJSIP channel." and -1 elsewhere); `add` appends to the INVITE.
+            action, _, header = raw_arg.partition(",")
+            if self.tech != "PJSIP":
+                self.function_errors.append(f"PJSIP_HEADER({raw_arg}): not a PJSIP channel")
+            elif action.lower() == "add" and header:
+                self.sip_headers.append((header, value))
+            else:
+                self.function_errors.append(f"PJSIP_HEADER({raw_arg}): not modelled")
+            return
         if func == "CDR" and arg == "userfield" and self.cdr is not None:
             self.cdr.userfield = value
         elif func == "CALLERID" and arg in ("name", "num"):
@@ -206,6 +231,64 @@ class Channel:
         if self.cdr is not None:
             self.cdr.answer()
 
+    # -- media: what the party hears, what the caller keys -----------------------
+    async def play(self, sound: str) -> bool:
+        """ast_streamfile() + ast_waitstream(): False at once when the file does not
+        exist (SimulatedAsterisk.sounds); else plays it out, cut short by a hang-up,
+        and records it in `heard` once fully played."""
+        length = self.sim.sound_length(sound)
+        if length is None:
+            return False
+        try:
+            await asyncio.wait_for(self.hungup.wait(), length)
+            return False                        # hung up while it played
+        except asyncio.TimeoutError:
+            pass
+        self.heard.append(sound)
+        return True
+
+    async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> tuple[int, str]:
+        """main/app.c `ast_app_getdata()` + channel.c `ast_readstring()` with "#" as the
+        ender: (0, digits) on "#" or `max_digits`, (1, digits) on a timeout, (-1, "")
+        when the channel hangs up. Timeouts: the given milliseconds for the first key
+        and between keys; 0 means the PBX defaults (10 s first, 5 s between).
+        The prompt is not timed: the caller's keys start `key_after` seconds in.
+        Each key is DTMFBegin/DTMFEnd Direction=Received on this channel (capture 18)."""
+        keys = self.keys.pop(0) if self.keys else ""
+        if timeout_ms > 0:
+            first = between = timeout_ms / 1000
+        elif timeout_ms < 0:
+            first = between = 1e9
+        else:
+            first, between = 10.0, 5.0
+        digits = ""
+        for i, key in enumerate(keys):
+            delay = self.key_after if i == 0 else self.key_gap
+            if delay > (first if not digits and i == 0 else between):
+                break                          # the caller was too slow: timeout below
+            if await self._hangup_within(delay):
+                return -1, ""
+            tone = min(0.1, self.key_gap / 2)
+            self.emit(ev.dtmf_begin(self, key, "Received"))
+            if await self._hangup_within(tone):
+                return -1, ""
+            self.emit(ev.dtmf_end(self, key, 0, "Received"))
+            if key == "#":
+                return 0, digits
+            digits += key
+            if len(digits) >= max_digits:
+                return 0, digits
+        if await self._hangup_within(between if digits else first):
+            return -1, ""
+        return 1, digits
+
+    async def _hangup_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.hungup.wait(), max(0.0, seconds))
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     # -- agi_client.AgiChannel -----------------------------------------------------
     def agi_env(self) -> list[tuple[str, str]]:
         """res_agi.c `setup_env()` after agi_request, in its order."""
@@ -250,6 +333,7 @@ class SimCall:
     cdrs: list[dict[str, str]]           # the Cdr event fields, in dispatch order
     events: list[ev.Headers]             # every AMI event of this call, in emission order
     agi: list[AgiResult]                 # the AGI sessions (transcripts), in order
+    legs: list[CalledLeg] = field(default_factory=list)  # every channel Dial/Queue created, in order
 
     @property
     def cdr(self) -> dict[str, str] | None:
@@ -275,7 +359,7 @@ class SimulatedAsterisk:
                  trunk_context: str = "from-trunk",
                  channelvars: Sequence[str] = ("CTRACK_CALL_ID", "CTRACK_CHANNEL"),
                  dialplan_events: bool = False, max_talk: float = 60.0, usage_delay: float = 0.04,
-                 seed: int | None = None) -> None:
+                 sounds: Mapping[str, float] | None = None, seed: int | None = None) -> None:
         self.ami = ami
         self.globals = dict(globals or {})
         if agi_address is not None:
@@ -286,6 +370,9 @@ class SimulatedAsterisk:
         self.trunk_tech, _, self.trunk_peer = trunk.partition("/")
         self.trunk_context, self.channelvars = trunk_context, list(channelvars)
         self.dialplan_events, self.max_talk, self.usage_delay = dialplan_events, max_talk, usage_delay
+        # The sound files on disk: name -> seconds it plays. None: every name exists
+        # and plays 0.05 s (the stock sounds, a whisper the test did not care about).
+        self.sounds = dict(sounds) if sounds is not None else None
         self.namer = ChannelNamer(seed)
         self.events: list[ev.Headers] = []
         self._counter = self._sequence = 0
@@ -297,6 +384,12 @@ class SimulatedAsterisk:
         self._progress = asyncio.Condition()
         if ami is not None:
             ami.channels_provider = self.live_channels
+
+    def sound_length(self, name: str) -> float | None:
+        """ast_fileexists() for `name` (no extension): its length in seconds, None if missing."""
+        if self.sounds is None:
+            return 0.05 if name else None
+        return self.sounds.get(name)
 
     # -- identities ----------------------------------------------------------------------
     def new_uniqueid(self) -> str:
@@ -312,9 +405,24 @@ class SimulatedAsterisk:
 
     def new_trunk(self, did: str, caller: Caller, events: list[ev.Headers]) -> Channel:
         uid = self.new_uniqueid()
+        keys = [caller.dtmf] if isinstance(caller.dtmf, str) else list(caller.dtmf)
         chan = Channel(self, self.namer.name(self.trunk_tech, self.trunk_peer), uid, uid, state=4,
                        context=self.trunk_context, exten=did, caller_num=caller.number,
-                       caller_name=caller.name, events=events, dtmf=caller.dtmf)
+                       caller_name=caller.name, events=events, keys=keys,
+                       key_after=caller.dtmf_after, key_gap=caller.dtmf_gap)
+        chan.cdr = Cdr(self, chan)
+        self._channels[chan.name] = chan
+        return chan
+
+    def new_phone_channel(self, endpoint: str, number: str, phone: Caller, context: str,
+                          events: list[ev.Headers]) -> Channel:
+        """An office phone's own channel when it calls out (outbound.py): state Ring in
+        the admin's internal context, Exten = the number it dialled."""
+        tech, _, resource = endpoint.partition("/")
+        uid = self.new_uniqueid()
+        chan = Channel(self, self.namer.name(tech, resource.split("/", 1)[0]), uid, uid, state=4,
+                       context=context, exten=number, caller_num=phone.number, caller_name=phone.name,
+                       events=events)
         chan.cdr = Cdr(self, chan)
         self._channels[chan.name] = chan
         return chan
@@ -388,7 +496,35 @@ class SimulatedAsterisk:
         return SimCall(t.uniqueid, t.name, did, caller, call.agi_status, call.fallback_status,
                        call.handler_status, t.vars.as_dict(), call.target, call.dial_status,
                        call.answered_by, call.recording, call.recorded, t.hangup_cause,
-                       t.cdr.rows if t.cdr else [], call.cdrs, call.events, call.agi)
+                       t.cdr.rows if t.cdr else [], call.cdrs, call.events, call.agi,
+                       [leg.summary() for leg in call.ringer.created])
+
+    async def outbound_call(self, endpoint: str, number: str, *, callee: Phone = Phone(),
+                            phone: Caller | None = None, context: str = "internal",
+                            timeout: int = 30) -> SimCall:
+        """An office phone (`PJSIP/101`) calls `number` through the trunk:
+        `Dial(<trunk>/<number>,<timeout>)` in its internal context, no ctrackd
+        dialplan, no CTRACK_CALL_ID (see outbound.py: no capture has one).
+        `callee` is the outside party (answers, busy, never answers...), `phone`
+        the office side (its caller ID; hangup_after: gives up while it rings;
+        hold_after_answer: hangs up first once bridged)."""
+        from tests.simulator.outbound import OutboundCall   # outbound imports dialplan, like pbx
+
+        self._start_pump()
+        phone = phone or Caller(endpoint.rsplit("/", 1)[-1])
+        call = OutboundCall(self, endpoint, number, phone, callee, context, timeout)
+        self._calls.add(call)
+        try:
+            await call.run()
+        finally:
+            self._calls.discard(call)
+        if self._pump is not None:
+            await self.flush()
+        t = call.trunk
+        return SimCall(t.uniqueid, t.name, number, phone, None, None, None, t.vars.as_dict(),
+                       call.target, call.dial_status, call.answered_by, None, False, t.hangup_cause,
+                       t.cdr.rows if t.cdr else [], call.cdrs, call.events, [],
+                       [leg.summary() for leg in call.ringer.created])
 
     async def restart(self, *, shutdown_after: float = 0.1, down_for: float = 0.3) -> None:
         """`core restart now` (17): live calls torn down (SoftHangupRequest cause 4),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tests.simulator import amievents as ev
+from tests.simulator import gosub
 from tests.simulator.asterisk_args import standard_app_args
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ class Phone:
     never_answers: bool = False        # rings until the ring timeout or the caller gives up (04, 05)
     unavailable: bool = False          # unreachable: no channel at all, CHANUNAVAIL (07)
     congestion: bool = False           # rejects at once: cause 34, DIALSTATUS CONGESTION (06)
+    dtmf: str = ""                     # keyed once bridged, e.g. "*1234#" (the operator path, 13)
+    dtmf_after: float = 0.2            # seconds after the bridge before the first key
+    dtmf_gap: float = 0.1              # seconds from one key to the next
 
     @property
     def rings(self) -> bool:
@@ -51,7 +55,25 @@ class Caller:
     name: str | None = None            # None: no name (`<unknown>` on AMI, "" in the CDR clid)
     hangup_after: float | None = None  # seconds after arrival: abandon (05) or hang up in the AGI (19)
     hold_after_answer: float | None = None  # seconds the caller stays once bridged (02)
-    dtmf: str = ""                     # what the caller keys when an AGI does GET DATA
+    # What the caller keys at each GET DATA prompt, in order: "4821#", "#" (skip),
+    # "" (silence: the prompt times out); a tuple for several prompts (retries).
+    dtmf: str | tuple[str, ...] = ""
+    dtmf_after: float = 0.2            # seconds into a prompt before the first key
+    dtmf_gap: float = 0.1              # seconds from one key to the next
+
+
+@dataclass(frozen=True)
+class CalledLeg:
+    """What a test can read about one channel Dial or Queue created (SimCall.legs)."""
+
+    target: str                        # the Dial string part or queue member, e.g. "PJSIP/101"
+    channel: str                       # e.g. "PJSIP/101-00000001"
+    uniqueid: str
+    answered: bool                     # this leg won the call
+    sip_headers: tuple[tuple[str, str], ...]   # PJSIP_HEADER(add,...) of the pre-dial handler
+    heard: tuple[str, ...]             # sounds played to it (the whisper) before the bridge
+    function_errors: tuple[str, ...]   # dialplan function writes that failed on it
+    variables: dict[str, str]          # its channel variables at the end (no _/__ prefix)
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,12 @@ class Leg:
     row: CdrRow | None = None
     member: QueueMember | None = None
     rang_at: float = 0.0
+    won: bool = False
+
+    def summary(self) -> CalledLeg:
+        c = self.chan
+        return CalledLeg(self.ep.target, c.name, c.uniqueid, self.won, tuple(c.sip_headers),
+                         tuple(c.heard), tuple(c.function_errors), c.vars.as_dict())
 
 
 @dataclass
@@ -139,6 +167,36 @@ class Outcome:
 DIAL_VARS = ("DIALSTATUS", "DIALEDPEERNUMBER", "DIALEDPEERNAME", "ANSWEREDTIME", "ANSWEREDTIME_MS",
              "DIALEDTIME", "DIALEDTIME_MS", "RINGTIME", "RINGTIME_MS", "PROGRESSTIME", "PROGRESSTIME_MS")
 QUEUE_VARS = ("ANSWEREDTIME", "ANSWEREDTIME_MS", "DIALEDTIME", "DIALEDTIME_MS", "QUEUEWAIT", "QUEUEWAIT_MS")
+
+
+def parse_options(text: str) -> dict[str, str]:
+    """main/app.c `ast_app_parse_options()`: letters, each with an optional (argument);
+    parentheses nest inside an argument, so `U(ctx^a(b))` keeps `ctx^a(b)`."""
+    options: dict[str, str] = {}
+    i = 0
+    while i < len(text):
+        letter, i = text[i], i + 1
+        arg = ""
+        if i < len(text) and text[i] == "(":
+            depth, j = 1, i + 1
+            while j < len(text) and depth:
+                depth += {"(": 1, ")": -1}.get(text[j], 0)
+                j += 1
+            arg, i = text[i + 1:j - 1], j
+        options[letter] = arg
+    return options
+
+
+def subroutine_location(option: str) -> str:
+    """b()/B() argument -> Gosub location: `ast_replace_subargument_delimiter()` ('^' -> ',')."""
+    return option.replace("^", ",")
+
+
+def callee_gosub_location(option: str) -> str:
+    """Dial U(x[^arg...]) -> Gosub location, as app_dial.c builds it: x is a CONTEXT and
+    the routine starts at x,s,1; what follows the first '^' are its arguments."""
+    context, sep, args = option.replace("^", ",").partition(",")
+    return f"{context},s,1({args})" if sep else f"{context},s,1"
 
 
 def parse_timeout(text: str) -> float | None:
@@ -157,8 +215,11 @@ class Ringer:
     def __init__(self, call: InboundCall, phones: dict[str, Phone]) -> None:
         self.call, self.sim, self.phones = call, call.sim, phones
         self.live: list[Leg] = []
+        self.created: list[Leg] = []                     # every leg, for SimCall.legs
         self.bridge_id = ""
         self.in_queue: str | None = None
+        self.options: dict[str, str] = {}               # the Dial/Queue options (parse_options)
+        self.announce = ""                               # Queue's announceoverride
         self.joined = self.started = 0.0
 
     def phone(self, target: str) -> Phone:
@@ -169,6 +230,7 @@ class Ringer:
         chan = self.sim.new_leg_channel(ep, t, self.call.events)
         leg = Leg(chan, ep, spec)
         self.live.append(leg)
+        self.created.append(leg)
         chan.emit(ev.newchannel(chan))
         inherited = t.vars.inherited()
         chan.app, chan.app_data = ("AppQueue" if queue else "AppDial"), "(Outgoing Line)"
@@ -222,9 +284,17 @@ class Ringer:
         if leg.row is not None:
             t.cdr.dial_end(leg.row, status)
 
+    async def _predial(self, legs: list[Leg], option: str | None) -> None:
+        """Option b(): the Gosub on each new called channel, after it is set up and
+        before it is called (app_dial.c / app_queue.c `ast_pre_call()`)."""
+        if option:
+            for leg in legs:
+                await gosub.gosub(leg.chan, subroutine_location(option))
+
     async def dial(self, data: str) -> Outcome:
         t = self.call.trunk
         args = standard_app_args(data, 4)               # peers, timeout, options, URL
+        self.options = parse_options(args[2] if len(args) > 2 else "")
         self.started = time.time()
         for name in DIAL_VARS:                           # app_dial clears them first (01)
             t.set_var(name, "")
@@ -235,6 +305,7 @@ class Ringer:
                 nochan += 1                              # 07: no channel, no event
                 continue
             legs.append(self._leg(ep, spec, queue=False))
+        await self._predial(legs, self.options.get("b"))
         if not legs:
             t.cdr.dial_done(False)
             t.hangup_cause = 20                          # 07: HANGUPCAUSE=20 (subscriber absent)
@@ -248,6 +319,8 @@ class Ringer:
         t = self.call.trunk
         args = standard_app_args(data, 10)
         name = args[0] if args else ""
+        self.options = parse_options(args[1] if len(args) > 1 else "")
+        self.announce = args[3] if len(args) > 3 else ""     # announceoverride
         members = self.sim.queues.get(name)
         self.in_queue, self.joined = name, time.time()
         if members is None:                              # "Unable to join queue"
@@ -264,6 +337,7 @@ class Ringer:
                 continue
             leg = self._leg(ep, spec, queue=True)
             leg.member = member
+            await self._predial([leg], self.options.get("b"))
             self._begin(leg, member.interface, "Queue", data)
             legs.append(leg)
         return await self._ring(legs, parse_timeout(args[4] if len(args) > 4 else ""))
@@ -314,10 +388,11 @@ class Ringer:
             elif queue:
                 t.emit(ev.queue_caller_leave(t, self.in_queue or "", 1, 0))
             return self._status("TIMEOUT" if queue and not gone else status)
-        return self._answered(first, ringing)
+        return await self._answered(first, ringing)
 
-    def _answered(self, winner: Leg, ringing: list[Leg]) -> Outcome:
+    async def _answered(self, winner: Leg, ringing: list[Leg]) -> Outcome:
         t, queue = self.call.trunk, self.in_queue is not None
+        winner.won = True
         winner.chan.set_state(6)
         losers = [leg for leg in ringing if leg is not winner]
         if queue:                                          # 10: ANSWER first, then CANCEL x2
@@ -328,6 +403,10 @@ class Ringer:
             self._end(leg, "CANCEL", twice=queue)
             self.hangup(leg, 26)
         if queue:
+            # app_queue try_calling(): the announcement (our whisper) to the member who
+            # answered, the caller on autoservice; a missing file: a warning, go on.
+            for sound in (self.announce.split("&") if self.announce else []):
+                await winner.chan.play(sound)
             t.emit(ev.queue_caller_leave(t, self.in_queue or "", 1, 0))
             t.set_var("QUEUEPOSITION", "1")
             self._elapsed("QUEUEWAIT")
@@ -339,6 +418,10 @@ class Ringer:
             t.set_var("DIALSTATUS", "ANSWER")
             t.set_var("DIALEDPEERNAME", winner.chan.name)
             t.set_var("DIALEDPEERNUMBER", winner.ep.resource)
+            # U(): the Gosub on the answered channel, the caller on autoservice; only
+            # then DialEnd ANSWER and the bridge (app_dial.c dial_exec_full()).
+            if self.options.get("U"):
+                await gosub.gosub(winner.chan, callee_gosub_location(self.options["U"]))
             self._end(winner, "ANSWER")
         t.cdr.dial_done(True)
         t.set_state(6)
