@@ -26,7 +26,7 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class WebConfig:
-    """The HTTP side (number requests from the website): off unless configured."""
+    """The HTTP side (numbers and promo codes for the website): off unless configured."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -140,14 +140,15 @@ def web_section(r: Reader, node: Node | None, region: str) -> WebConfig | None:
         return None
     m = r.mapping(node, "web", {"listen", "origins", "replace", "heartbeat_seconds",
                                 "max_body_bytes", "rate_limit", "trust_forwarded"},
-                  required={"origins", "replace"})
+                  required={"origins"})
     host, port = r.address(m["listen"], "web.listen") if "listen" in m else ("127.0.0.1", 8080)
     origins = tuple(_origin(r.pattern(item, "web.origins", _ORIGIN,
                                       "an origin such as https://example.com (scheme, host, "
                                       "port)"))
                     for item in _items(r, m["origins"], "web.origins"))
+    # Optional: a promo-only site (no pools) has no number to swap.
     replace = tuple(_did(r, item, "web.replace", region)
-                    for item in _items(r, m["replace"], "web.replace"))
+                    for item in _items(r, m["replace"], "web.replace")) if "replace" in m else ()
     limit = RateLimit()
     if "rate_limit" in m:
         lm = r.mapping(m["rate_limit"], "web.rate_limit", {"per_minute", "burst"})
@@ -176,13 +177,16 @@ def _origin(text: str) -> str:
 
 def check_web_against_pools(r: Reader, node: Node | None, web: WebConfig | None,
                             pools: tuple[PoolSpec, ...]) -> None:
-    """The web side lends pool numbers: without pools, or with holds shorter than
-    two heartbeats (numbers lapsing between beats), it cannot work."""
+    """Pool holds shorter than two heartbeats would let numbers lapse between beats.
+
+    A web side without pools is fine: its sessions still get promo codes
+    (a site with only a promo line, or operators keying `*` + code).
+    """
     if web is None or node is None:
         return
-    if not pools:
-        r.fail(node, "web", "a pools: section too (the web side lends pool numbers)",
-               "no pools")
+    if pools and not web.replace:
+        r.fail(node, "web.replace", "the office number(s) the snippet swaps for a pool number",
+               "no web.replace while pools are configured")
     for spec in pools:
         if spec.hold_seconds < 2 * web.heartbeat_seconds:
             r.fail(node, "web.heartbeat_seconds",

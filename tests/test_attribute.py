@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
-from ctrackd.attribution.attribute import attribute_call
+from ctrackd.attribution.attribute import attribute_call, attribute_promo
 from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.plan import Channel, StaticPlan, TrackingNumber
 from ctrackd.attribution.pools import PoolSpec
-from ctrackd.attribution.records import Tracking
+from ctrackd.attribution.records import PromoEntry, PromoStatus, Tracking
 from ctrackd.attribution.sessions import UtmRule, normalise_visit
 
 STATIC = StaticPlan(
@@ -20,7 +20,11 @@ STATIC = StaticPlan(
                           forward_to="PJSIP/sales"),
         "site": Channel(key="site", label="Website", source="site", medium="organic"),
     },
-    numbers={"+74950000001": TrackingNumber(did="+74950000001", channel="google")},
+    numbers={"+74950000001": TrackingNumber(did="+74950000001", channel="google"),
+             "+74950000091": TrackingNumber(did="+74950000091", channel="site",
+                                            tracking="promo"),
+             "+74950000092": TrackingNumber(did="+74950000092", channel="site",
+                                            tracking="promo", forward_to="PJSIP/promo-desk")},
     default_forward="PJSIP/office", default_ring_timeout=20, region="RU",
     recordings_dir="/rec")
 
@@ -91,3 +95,63 @@ def test_without_the_daemon_a_pool_number_still_goes_to_its_pools_target() -> No
     assert (a.tracking, a.forward_to, a.pool, a.confidence, a.note) == (
         Tracking.FALLBACK, "PJSIP/spb-office", "spb", "none", "no_session")
     assert (a.channel, a.label) == ("yandex", "Яндекс.Директ")
+
+
+def promo_plan() -> DynamicPlan:
+    from ctrackd.configcalls import PromoConfig
+
+    counter = itertools.count(1)
+    return DynamicPlan([], [UtmRule(channel="yandex", source="yandex")],
+                       new_session_id=lambda: f"s{next(counter)}", promo=PromoConfig(),
+                       choose_code=lambda n: 4821)
+
+
+@pytest.mark.parametrize("page, did, expected", [
+    # a session whose UTM tags match a rule: that channel, the session's own tags
+    ("https://shop.ru/?utm_source=yandex&utm_medium=cpc&utm_campaign=winter", "74950000091",
+     ("yandex", "Яндекс.Директ", "yandex", "cpc", "winter", "PJSIP/sales")),
+    # no rule matches: the number's channel, the session's tags where it has them
+    ("https://shop.ru/?utm_source=vk", "74950000091",
+     ("site", "Website", "vk", "organic", None, "PJSIP/office")),
+    # a direct visit: the number's channel as it is
+    ("https://shop.ru/", "74950000091",
+     ("site", "Website", "site", "organic", None, "PJSIP/office")),
+    # the number's own target wins over the channel's
+    ("https://shop.ru/?utm_source=yandex", "74950000092",
+     ("yandex", "Яндекс.Директ", "yandex", "cpc", None, "PJSIP/promo-desk")),
+])
+def test_a_matched_code_attributes_the_call_to_its_session(page: str, did: str,
+                                                           expected: tuple) -> None:
+    dynamic = promo_plan()
+    session, _ = dynamic.start_session(normalise_visit({"visitor_id": "v-1", "page": page}), 5.0)
+    base = call(None, did, 100.0)
+    assert (base.tracking, base.channel) == (Tracking.STATIC, "site")
+    found, status = dynamic.session_by_code("4821", 100.0)
+    a = attribute_promo(STATIC, dynamic, base, "4821", PromoEntry.CALLER, status, found)
+    assert (a.channel, a.label, a.source, a.medium, a.campaign, a.forward_to) == expected
+    assert (a.tracking, a.session_id, a.confidence) == (Tracking.PROMO, session.session_id,
+                                                        "exact")
+    assert (a.promo_code, a.promo_entry, a.promo_status) == (
+        "4821", PromoEntry.CALLER, PromoStatus.MATCHED)
+    assert a.session["visitor_id"] == "v-1" and a.session["landing_page"] == page
+    assert (a.call_id, a.started_at, a.caller, a.did) == (base.call_id, base.started_at,
+                                                          base.caller, base.did)
+
+
+@pytest.mark.parametrize("code, status", [
+    ("1234", PromoStatus.UNKNOWN),      # wrong digits
+    (None, PromoStatus.SKIPPED),        # '#' alone
+    (None, PromoStatus.NO_INPUT),       # silence, or the caller hung up
+])
+def test_no_match_keeps_the_numbers_channel_and_says_why(code: str | None,
+                                                         status: PromoStatus) -> None:
+    dynamic = promo_plan()
+    dynamic.start_session(normalise_visit({"visitor_id": "v-1"}), 5.0)
+    base = call(None, "74950000091", 100.0)
+    session, found = dynamic.session_by_code(code, 100.0) if code else (None, status)
+    assert found is status
+    a = attribute_promo(STATIC, dynamic, base, code, PromoEntry.CALLER, status, session)
+    assert a == base.__class__(**{**{f: getattr(base, f) for f in base.__slots__},
+                                  "promo_code": code, "promo_entry": PromoEntry.CALLER,
+                                  "promo_status": status})
+    assert (a.tracking, a.channel, a.session_id) == (Tracking.STATIC, "site", None)

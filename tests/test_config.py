@@ -157,7 +157,6 @@ def test_web_is_off_by_default(tmp_path: Path) -> None:
      "utm_rules[0]: expected at least one of source, medium, campaign"),
     ('web:\n  origins: ["shop.example.com"]\n  replace: ["+74951234567"]\n',
      "web.origins: expected an origin such as https://example.com"),
-    ('web:\n  origins: ["https://a.ru"]\n', "web.replace: expected this required key"),
     ('web:\n  origins: ["https://a.ru"]\n  replace: ["+74951234567"]\n  rate_limit: {burst: 0}\n',
      "web.rate_limit.burst: expected a whole number from 1 to 100000, found 0"),
 ])
@@ -177,9 +176,12 @@ def test_an_overflow_number_must_not_be_a_pool_number(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_web_without_pools_serves_promo_codes_only(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD + 'web:\n  origins: ["https://a.ru"]\n'))
+    assert config.web is not None and config.pools == () and config.web.replace == ()
+
+
 @pytest.mark.parametrize("extra, message", [
-    ('web:\n  origins: ["https://a.ru"]\n  replace: ["+74951234567"]\n',
-     "web: expected a pools: section too"),
     ('pools:\n  p:\n    numbers: ["+74950000101"]\n    hold_seconds: 30\n'
      'web:\n  origins: ["https://a.ru"]\n  replace: ["+74951234567"]\n',
      "web.heartbeat_seconds: expected at most half of every pool's hold_seconds"),
@@ -195,3 +197,14 @@ def test_origins_are_kept_as_browsers_send_them(tmp_path: Path) -> None:
                                'web:\n  origins: ["https://Shop.Example.com:443", '
                                '"http://a.ru:8080"]\n  replace: ["+74951234567"]\n'))
     assert config.web.origins == ("https://shop.example.com", "http://a.ru:8080")
+
+
+def test_pools_need_numbers_to_replace(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="web.replace: expected the office number"):
+        load_config(write(tmp_path, GOOD + 'pools:\n  p:\n    numbers: ["+74950000101"]\n'
+                          'web:\n  origins: ["https://a.ru"]\n'))
+
+
+def test_recordings_dir_must_be_absolute(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="recordings.dir: expected an absolute path"):
+        load_config(write(tmp_path, GOOD + "recordings:\n  dir: monitor\n"))

@@ -7,6 +7,7 @@ huge body, bad JSON, floods.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,6 +15,7 @@ import pytest
 
 from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.pools import PoolSpec
+from ctrackd.configcalls import PromoConfig
 from ctrackd.configdynamic import RateLimit, WebConfig
 from ctrackd.web.server import WebServer
 
@@ -33,11 +35,13 @@ def clock() -> Clock:
     return Clock()
 
 
-def make_plan(overflow: str = "shared") -> DynamicPlan:
+def make_plan(overflow: str = "shared", *, pools: bool = True,
+              promo: PromoConfig | None = None) -> DynamicPlan:
     counter = itertools.count(1)
-    return DynamicPlan([PoolSpec(name="web", numbers=("+74950000101", "+74950000102"),
-                                 overflow=overflow)],
-                       new_session_id=lambda: f"session-{next(counter)}")
+    specs = [PoolSpec(name="web", numbers=("+74950000101", "+74950000102"),
+                      overflow=overflow)] if pools else []
+    return DynamicPlan(specs, new_session_id=lambda: f"session-{next(counter)}",
+                       promo=promo, choose_code=random.Random(5).randrange)
 
 
 async def serve(plan: DynamicPlan | None, clock: Clock, **web: object
@@ -151,12 +155,56 @@ async def test_a_flood_from_one_address_is_cut(clock: Clock) -> None:
         await server.stop()
 
 
-async def test_without_pools_it_says_so(clock: Clock) -> None:
+async def test_without_a_plan_it_says_so(clock: Clock) -> None:
     server, base = await serve(None, clock)
     try:
         async with aiohttp.ClientSession(headers={"Origin": ORIGIN}) as http:
             status, body = await ask(http, base, visitor_id="v")
-            assert status == 503 and "no number pools" in body["error"]
+            assert status == 503 and "not configured" in body["error"]
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("pools", [True, False], ids=["with-pools", "promo-only"])
+async def test_a_visitor_gets_a_promo_code_and_keeps_it(clock: Clock, pools: bool) -> None:
+    plan = make_plan(pools=pools, promo=PromoConfig(length=4))
+    server, base = await serve(plan, clock)
+    try:
+        async with aiohttp.ClientSession(headers={"Origin": ORIGIN}) as http:
+            status, first = await ask(http, base, visitor_id="visitor-a")
+            assert status == 200 and set(first) == {
+                "session_id", "number", "code", "visit_number", "heartbeat_seconds", "replace"}
+            code = first["code"]
+            assert isinstance(code, str) and len(code) == 4 and code.isdigit()
+            assert (first["number"] is None) is (not pools)  # promo-only: no number to show
+            status, tab = await ask(http, base, visitor_id="visitor-a")  # a second tab
+            assert (tab["session_id"], tab["code"]) == (first["session_id"], code)
+            status, other = await ask(http, base, visitor_id="visitor-b")
+            assert other["code"] != code
+            clock.now += 30
+            async with http.post(f"{base}/v1/sessions/{first['session_id']}/heartbeat",
+                                 json={}) as r:
+                assert r.status == 200
+            found, _ = plan.session_by_code(code, clock.now)
+            assert found is not None and found.session_id == first["session_id"]
+            async with http.get(f"{base}/healthz") as r:
+                assert (await r.json())["promo_codes"] == {
+                    "reserved": 2, "space": 10_000, "exhausted": 0}
+    finally:
+        await server.stop()
+
+
+async def test_no_code_when_every_code_is_taken(clock: Clock) -> None:
+    """A one-digit space (ten codes): the eleventh visitor gets no code, never a duplicate."""
+    plan = make_plan(promo=PromoConfig(length=1))
+    server, base = await serve(plan, clock)
+    try:
+        async with aiohttp.ClientSession(headers={"Origin": ORIGIN}) as http:
+            answers = [(await ask(http, base, visitor_id=f"visitor-{i}"))[1] for i in range(11)]
+            assert len({a["code"] for a in answers[:10]}) == 10
+            assert "code" not in answers[10] and answers[10]["session_id"]
+            async with http.get(f"{base}/healthz") as r:
+                assert (await r.json())["promo_codes"]["exhausted"] == 1
     finally:
         await server.stop()
 

@@ -128,3 +128,26 @@ def exec_mset_fitting(pairs: Sequence[tuple[str, str]],
         return exec_mset(pairs), False
     except ValueError:
         return exec_mset([(name, value) for name, value in pairs if name in essential]), True
+
+
+# A sound file name as Playback finds it (configcalls.SOUND): no spaces, no `&`
+# (ast_app_getdata() would play the parts as several files), no `..`.
+_SOUND = re.compile(r"/?[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*")
+
+
+def get_data(prompt: str, timeout_ms: int, max_digits: int) -> str:
+    """`GET DATA <prompt> <timeout_ms> <max_digits>`: play `prompt`, collect DTMF.
+
+    res_agi.c `handle_getdata()` passes the timeout to `ast_app_getdata_full()`,
+    which uses it both for the first digit (after the prompt has played) and
+    between digits; input ends at `#` (not included), after `max_digits`
+    digits, or at the timeout. Replies (see `keyed_digits`): `200 result=4821`,
+    `200 result=` (`#` alone), `200 result=48 (timeout)` / `200 result= (timeout)`,
+    `200 result=-1` (hang-up), `511` on a dead channel.
+    """
+    if not _SOUND.fullmatch(prompt) or ".." in prompt.split("/"):
+        raise ValueError(f"not a sound file name: {prompt!r}")
+    if timeout_ms <= 0 or not 1 <= max_digits <= 1024:
+        raise ValueError(f"GET DATA needs a positive timeout and 1-1024 digits, got "
+                         f"{timeout_ms} ms, {max_digits}")
+    return _checked_line(f"GET DATA {prompt} {int(timeout_ms)} {int(max_digits)}")

@@ -9,7 +9,9 @@ AGISTATUS=FAILURE; EOF (our half-close) sets AGISTATUS=SUCCESS.
 One error boundary per connection: an exception in a route is logged with its
 script and uniqueid and the server goes on serving. Bounds: `max_sessions`
 (extras are refused at once, never queued), `env_timeout` (a peer that
-trickles the environment), `session_timeout` (a route that hangs). After a
+trickles the environment), `session_timeout` (a route that hangs; a route
+that talks to the caller, such as a promo line's prompt, may ask for more for
+one session through its `session_limit(channel)`). After a
 session we half-close and read until Asterisk's final `HANGUP` and EOF in the
 background, bounded, so the socket closes cleanly instead of with a reset.
 """
@@ -143,9 +145,15 @@ class AgiServer:
         if route is None:
             self._fail(session, "agi_route_unknown")
             return
-        await self._run_route(session, route, started + self._session_timeout)
+        # Most sessions are a few round trips; a route that holds the caller in
+        # a dialogue (a promo line) says how long this session may take.
+        session_limit = getattr(route, "session_limit", None)
+        wanted = session_limit(channel) if session_limit is not None else None
+        seconds = max(wanted or 0.0, self._session_timeout)
+        await self._run_route(session, route, started + seconds, seconds)
 
-    async def _run_route(self, session: _Session, route: Route, deadline: float) -> None:
+    async def _run_route(self, session: _Session, route: Route, deadline: float,
+                         seconds: float) -> None:
         assert session.channel is not None
         timeout = asyncio.timeout_at(deadline)
         try:
@@ -153,7 +161,7 @@ class AgiServer:
                 await route(session.channel)
         except TimeoutError:
             if timeout.expired():
-                self._fail(session, "agi_session_timed_out", seconds=self._session_timeout)
+                self._fail(session, "agi_session_timed_out", seconds=seconds)
             else:
                 self._fail(session, "agi_session_failed", exc_info=True)
         except Exception:

@@ -1,10 +1,16 @@
-"""Dynamic tracking as a whole: pools + visitor sessions + UTM rules, and pool sizing.
+"""Dynamic tracking as a whole: pools + visitor sessions + UTM rules + promo codes.
 
 `DynamicPlan` is what the HTTP side asks for a number (`start_session`,
-`heartbeat`) and what the AGI route asks about a call (`attribute_pool_call`).
-It keeps sessions in one ordered dict, least recently seen first, so that
-`expire` only ever looks at sessions it drops: the daemon holds 10k live
-sessions and answers thousands of requests a second on one core.
+`heartbeat`) and what the AGI route asks about a call (`attribute_pool_call`,
+`session_by_code`). It keeps sessions in one ordered dict, least recently seen
+first, so that `expire` only ever looks at sessions it drops: the daemon holds
+10k live sessions and answers thousands of requests a second on one core.
+
+With promo codes on, every session gets a code (promo.py), pools or not: a
+site with only a promo line has a plan with no pools. A code outlives its
+session's visit (a caller may key it hours later), so a session dropped from
+the live set while its code is still reserved is kept aside ("retired") until
+the code lapses: the call is still attributed to the visit it came from.
 
 Each pool records its usage in a `usage.Usage` (time buckets the daemon
 persists for `ctrackd pools`).
@@ -17,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from ctrackd.attribution.pools import Confidence, Lease, PoolSpec, PoolState
+from ctrackd.attribution.promo import PromoCodes, PromoSettings
+from ctrackd.attribution.records import PromoStatus
 from ctrackd.attribution.sessions import (
     MAX_VISITS,
     UtmRule,
@@ -29,13 +37,19 @@ from ctrackd.attribution.sessions import (
 )
 from ctrackd.attribution.usage import Usage
 
+#: how long a session lives idle when no pool says (a promo-only site): analytics' 30 minutes
+IDLE_SECONDS = 1800.0
+
 
 class DynamicPlan:
     """Pools, the number -> pool index, and the live sessions by id and by visitor."""
 
     def __init__(self, pools: Sequence[PoolSpec], rules: Sequence[UtmRule] = (), *,
                  new_session_id: Callable[[], str], max_sessions: int = 100_000,
-                 bucket_seconds: float = 300.0, buckets_kept: int = 2016) -> None:
+                 bucket_seconds: float = 300.0, buckets_kept: int = 2016,
+                 promo: PromoSettings | None = None,
+                 choose_code: Callable[[int], int] | None = None) -> None:
+        """`promo` turns promo codes on; `choose_code(n)` draws them (0 <= x < n)."""
         self.pools = {spec.name: PoolState(spec, usage=Usage(bucket_seconds, buckets_kept))
                       for spec in pools}
         self.by_number: dict[str, PoolState] = {}
@@ -49,8 +63,15 @@ class DynamicPlan:
         self.sessions: OrderedDict[str, VisitorSession] = OrderedDict()  # least recently seen first
         self.by_visitor: dict[str, str] = {}
         # A session must outlive every attribution its number can still give it.
-        self.keep_seconds = max((s.hold_seconds + s.grace_seconds for s in pools), default=0.0)
+        self.keep_seconds = max((s.hold_seconds + s.grace_seconds for s in pools),
+                                default=IDLE_SECONDS)
         self.max_sessions = max_sessions
+        if promo is not None and choose_code is None:
+            raise ValueError("promo codes need choose_code (the core draws no randomness)")
+        self.promo = (PromoCodes(promo.length, promo.code_ttl, choose_code)
+                      if promo is not None and choose_code is not None else None)
+        # Sessions out of the live set whose code may still be keyed, oldest first.
+        self._retired: OrderedDict[str, VisitorSession] = OrderedDict()
         self._new_id = new_session_id
         self._now = -math.inf
 
@@ -65,6 +86,7 @@ class DynamicPlan:
                                     or not starts_new_visit(current, visit)):
             see_page(current, visit, now)
             self.sessions.move_to_end(current.session_id)
+            self._keep_code(current, now)
             if visit.pool in self.pools and visit.pool != current.pool:
                 # This page asks for another pool (the SPb page of a site with a
                 # pool per city): its number, not the one from the last page.
@@ -74,6 +96,7 @@ class DynamicPlan:
                     current.session_id, now))
             return current, self._renew(current, now)
         session = self._open(visit, current, now)
+        self._give_code(session, current or self._lapsed(visit), now)
         return session, self._first_lease(session, current, visit.pool, now)
 
     def heartbeat(self, session_id: str, now: float) -> bool:
@@ -87,10 +110,13 @@ class DynamicPlan:
         session = current
         session.last_seen = now
         self.sessions.move_to_end(session.session_id)
+        if self.promo is not None:
+            self.promo.renew(session.promo_code, session.session_id, now)
         return session.pool is None or self.pools[session.pool].heartbeat(session.session_id, now)
 
     def expire(self, now: float) -> float:
-        """Drop sessions past hold + grace; O(dropped). Returns the plan's clock."""
+        """Drop sessions past hold + grace, and codes past their ttl; O(dropped).
+        Returns the plan's clock."""
         now = self._now = max(now, self._now)
         for pool in self.pools.values():
             pool.expire(now)
@@ -99,7 +125,45 @@ class DynamicPlan:
             if oldest.last_seen + self.keep_seconds > now:
                 break
             self._drop(oldest, now)
+        if self.promo is not None:
+            self.promo.expire(now)
+            # A code is renewed with each sign of life, so it lapses at last_seen + ttl.
+            while self._retired:
+                oldest = next(iter(self._retired.values()))
+                if oldest.last_seen + self.promo.ttl > now:
+                    break
+                del self._retired[oldest.session_id]
         return now
+
+    def session_by_code(self, code: str, at: float) -> tuple[VisitorSession | None, PromoStatus]:
+        """The session whose page showed `code`, for a code keyed at `at`: MATCHED or UNKNOWN."""
+        if self.promo is None:
+            return None, PromoStatus.UNKNOWN
+        session_id, status = self.promo.lookup(code, at)
+        session = (self.sessions.get(session_id) or self._retired.get(session_id)
+                   if session_id else None)
+        # A session evicted from memory (a flood) keeps its code reserved, but
+        # nothing is known of it any more.
+        return (session, status) if session is not None else (None, PromoStatus.UNKNOWN)
+
+    def adopt_codes(self, old: DynamicPlan) -> int:
+        """After a reload rebuilt the plan: keep the codes the old plan's sessions show.
+
+        Without this a rebuilt plan could draw a code a page still shows, and
+        the callers of the old codes would all fall back. The old sessions
+        join the retired ones (their leases are gone with the old pools): a
+        tab that renews gets its code back. Codes of another length cannot
+        be kept. Returns how many sessions came over.
+        """
+        if self.promo is None or old.promo is None or old.promo.length != self.promo.length:
+            return 0
+        old.promo.ttl = self.promo.ttl
+        self.promo = old.promo
+        moved = [s for s in (*old._retired.values(), *old.sessions.values()) if s.promo_code]
+        for session in moved:
+            self._retired[session.session_id] = session
+        self._trim_retired()
+        return len(moved)
 
     def session_of(self, visitor_id: str) -> VisitorSession | None:
         session_id = self.by_visitor.get(visitor_id)
@@ -158,6 +222,39 @@ class DynamicPlan:
             del self.by_visitor[session.visitor_id]
         if session.pool is not None:  # still held only when evicted early
             self.pools[session.pool].release(session.session_id, now)
+        if session.promo_code is not None and self.promo is not None:
+            self._retired[session.session_id] = session
+            self._trim_retired()
+
+    def _trim_retired(self) -> None:
+        # Bounded like the live set; an evicted session's code stays reserved
+        # (never handed to another), it just names nobody we still know.
+        while len(self._retired) > self.max_sessions:
+            del self._retired[next(iter(self._retired))]
+
+    def _keep_code(self, session: VisitorSession, now: float) -> None:
+        """A page view of a live session: its code is kept, or it gets one now if it had none."""
+        if self.promo is not None and not self.promo.renew(session.promo_code,
+                                                           session.session_id, now):
+            session.promo_code = self.promo.issue(session.session_id, now)
+
+    def _give_code(self, session: VisitorSession, previous: VisitorSession | None,
+                   now: float) -> None:
+        """A new session's code: the visitor's previous one when it still holds it (the
+        code on the page stays right, as the pool number follows), else a new one."""
+        if self.promo is None:
+            return
+        if previous is not None and self.promo.hand_over(
+                previous.promo_code, previous.session_id, session.session_id, now):
+            session.promo_code, previous.promo_code = previous.promo_code, None
+            self._retired.pop(previous.session_id, None)
+            return
+        session.promo_code = self.promo.issue(session.session_id, now)
+
+    def _lapsed(self, visit: VisitInput) -> VisitorSession | None:
+        """The retired session a tab renews (it still shows that session's code)."""
+        session = self._retired.get(visit.session_id) if visit.session_id else None
+        return session if session is not None and session.visitor_id == visit.visitor_id else None
 
 
 def _remember(session: VisitorSession, lease: Lease) -> Lease:

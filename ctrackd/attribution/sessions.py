@@ -85,6 +85,7 @@ class VisitorSession:
     number: str | None = None
     shared: bool = False
     overflow: bool = False
+    promo_code: str | None = None   # the code the page shows (promo.py); None: none was free
 
 
 # -- cleaning ---------------------------------------------------------------

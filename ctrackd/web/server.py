@@ -1,15 +1,15 @@
-"""The HTTP side: the website asks for a visitor's number here (dynamic number insertion).
+"""The HTTP side: the website asks for a visitor's number and promo code here.
 
 Off unless the config has a `web:` section. Endpoints:
 - `GET  /ctrack.js`                       the snippet (docs/snippet.md)
-- `POST /v1/sessions`                     visit in, {session_id, number, ...} out
+- `POST /v1/sessions`                     visit in, {session_id, number, code, ...} out
 - `POST /v1/sessions/{id}/heartbeat`      keeps the number held; 404 when gone
 - `GET  /healthz`                         liveness for a load balancer
 
 It faces the internet (behind nginx with TLS, see docs/install.md), so:
 CORS only for the configured site origins, a token bucket per client
 address, a bound on the body, JSON errors with clear messages and never a
-traceback, and nothing of a session leaves the server but its id and number.
+traceback, and nothing of a session leaves the server but its id, number and code.
 The plan (`DynamicPlan`) is pure and synchronous: handlers call it on the
 event loop, no awaits in between, so no locks are needed.
 """
@@ -37,6 +37,8 @@ SNIPPET = Path(__file__).resolve().parent / "static" / "ctrack.js"
 #: seconds a request body may take to arrive; seconds an idle keep-alive connection stays
 BODY_SECONDS = 5.0
 KEEPALIVE_SECONDS = 15.0
+#: seconds between two warnings that the promo codes ran out (one per request would flood)
+EXHAUSTED_LOG_SECONDS = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -56,6 +58,7 @@ class WebServer:
         self._snippet = SNIPPET.read_bytes()  # read once: served from memory
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
+        self._exhausted_logged = (0, -EXHAUSTED_LOG_SECONDS)  # (count, when) at the last warning
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -152,8 +155,11 @@ class WebServer:
 
     async def _get_health(self, request: web.Request) -> web.Response:
         plan = self._plan()
-        return web.json_response({"status": "ok",
-                                  "sessions": len(plan.sessions) if plan else 0})
+        health: dict[str, Any] = {"status": "ok", "sessions": len(plan.sessions) if plan else 0}
+        if plan is not None and plan.promo is not None:
+            health["promo_codes"] = {"reserved": len(plan.promo), "space": plan.promo.capacity,
+                                     "exhausted": plan.promo.exhausted}
+        return web.json_response(health)
 
     async def _post_session(self, request: web.Request) -> web.Response:
         refused = self._origin_refused(request)
@@ -161,7 +167,7 @@ class WebServer:
             return refused
         plan = self._plan()
         if plan is None:
-            return _error(503, "no number pools are configured")
+            return _error(503, "dynamic tracking is not configured")
         body = await self._json_body(request)
         if isinstance(body, web.Response):
             return body
@@ -170,13 +176,28 @@ class WebServer:
         except VisitError as exc:
             return _error(400, str(exc))
         session, lease = plan.start_session(visit, self._clock())
-        return web.json_response({
+        answer: dict[str, Any] = {
             "session_id": session.session_id,
             "number": lease.number if lease else None,
             "visit_number": session.visit_number,
             "heartbeat_seconds": self._config.heartbeat_seconds,
             "replace": list(self._config.replace),
-        })
+        }
+        if session.promo_code is not None:
+            answer["code"] = session.promo_code
+        elif plan.promo is not None:
+            self._warn_exhausted(plan.promo.exhausted, len(plan.promo))
+        return web.json_response(answer)
+
+    def _warn_exhausted(self, count: int, reserved: int) -> None:
+        """Sessions went without a code: promo.length is too short for the traffic
+        (docs/promo.md). Said at most once a minute, with the running count."""
+        last_count, last_time = self._exhausted_logged
+        now = self._clock()
+        if count > last_count and now - last_time >= EXHAUSTED_LOG_SECONDS:
+            self._exhausted_logged = (count, now)
+            log.warning("promo_codes_exhausted", sessions_without_code=count,
+                        codes_reserved=reserved)
 
     async def _post_heartbeat(self, request: web.Request) -> web.Response:
         refused = self._origin_refused(request)

@@ -5,7 +5,8 @@
 and `POST /v1/sessions/{id}/heartbeat`. It records every request so tests can
 assert what the snippet sent, and can be told to fail in the ways a real
 daemon or network fails (500, bad JSON, a hang), to fail only new sessions
-(a renewal that fails), or to answer odd values.
+(a renewal that fails), or to answer odd values; with `codes` on, each
+session has a promo code too, as the daemon's answers do.
 
 `Site` serves the test pages from another port, hence another origin, as a
 customer's website would; `{{SCRIPT}}` and `{{ENDPOINT}}` in a page become
@@ -32,6 +33,7 @@ PAGES = Path(__file__).resolve().parent / "pages"
 
 OFFICE_NUMBERS = ["+74951234567", "+78125550102"]
 POOL = ["+74950000101", "+74950000102", "+74950000103"]
+CODES = ["4821", "0597", "3316"]  # the promo code of the first, second, third session
 
 
 @dataclass
@@ -99,6 +101,7 @@ class _Session:
     visitor_id: str
     number: str
     visit_number: int
+    code: str
 
 
 @dataclass
@@ -106,6 +109,7 @@ class TrackerState:
     """What the stub answers and what it has seen; tests change the former."""
 
     mode: str = "ok"  # ok | error | badjson | hang | no-number (no pool fits: number null)
+    codes: bool = False  # answers carry each session's promo code (`code`), as the daemon's do
     heartbeat_seconds: float = 30
     replace: list[str] = field(default_factory=lambda: list(OFFICE_NUMBERS))
     # Keys laid over every POST /v1/sessions answer: a daemon answering odd things.
@@ -253,13 +257,15 @@ class StubTracker(_Base):
                 visits_before = body.get("visits_before")
                 session = _Session(f"s{len(state.sessions) + 1}", visitor_id,
                                    POOL[len(state.sessions) % len(POOL)],
-                                   (visits_before if isinstance(visits_before, int) else 0) + 1)
+                                   (visits_before if isinstance(visits_before, int) else 0) + 1,
+                                   CODES[len(state.sessions) % len(CODES)])
                 state.sessions[session.session_id] = session
             number = None if state.mode == "no-number" else session.number
+            code = {"code": session.code} if state.codes else {}
             return {"session_id": session.session_id, "number": number,
                     "visit_number": session.visit_number,
                     "heartbeat_seconds": state.heartbeat_seconds, "replace": state.replace,
-                    **state.answer}
+                    **code, **state.answer}
 
 
 class Site(_Base):

@@ -1,4 +1,4 @@
-/*! ctrack.js: dynamic number insertion for ctrackd. See docs/snippet.md. */
+/*! ctrack.js: dynamic number insertion and promo codes for ctrackd. See docs/snippet.md. */
 (function (window, document) {
   'use strict';
 
@@ -12,13 +12,14 @@
   }
 
   if (window.ctrack) return; // included twice: the first copy does the work
-  var ns = window.ctrack = { number: null }; // the only global
+  var ns = window.ctrack = { number: null, code: null }; // the only global
 
   var TIMEOUT_MS = 3000;
   var RETRY_MIN = 30000, RETRY_MAX = 300000; // asking again after a failed renewal
   var KEY = 'ctrack_vid'; // the visitor id
   var VISITS = 'ctrack_visits'; // the last visit number the daemon gave this visitor
   var MARKED = '[data-ctrack],.ctrack-phone';
+  var PROMO = '[data-ctrack-promo],.ctrack-promo'; // where the session's promo code is shown
   // The opt-out, and elements whose text is not shown or is the user's input.
   var OFF = '[data-ctrack-off],script,style,noscript,template,textarea,select';
   // Separators people write inside a phone number (NBSP and dashes included).
@@ -28,7 +29,7 @@
   // whatever it holds. Shorter runs are hours and dates (09.00–18.00).
   var RUN = new RegExp('\\+?\\d(?:' + SEP + '\\d){5,}', 'g');
 
-  var endpoint, pool, session, number, period, timer, starting, office, observer;
+  var endpoint, pool, session, number, code, period, timer, starting, office, observer;
   // After a failed renewal: the backoff in ms (0 while a session is held),
   // and when the next try is due (Date ms).
   var retry = 0, due;
@@ -166,7 +167,7 @@
     saved.forEach(function (was, node) { if (read(node) === was.s) put(node, was.o); });
     saved.clear();
     if (number) targets[digitsOf(number)] = 1; // in case it was copied elsewhere
-    number = ns.number = null;
+    number = ns.number = code = ns.code = null;
   }
 
   function swapLink(a, marked) {
@@ -178,10 +179,25 @@
     if (swapped !== rest) write(a, href.slice(0, 4) + swapped);
   }
 
+  // A promo element shows the code as its whole text (one text node made
+  // if it has none, so that restore() can empty it again).
+  function showCode(el) {
+    var nodes = texts(el), i;
+    if (!nodes.length) nodes = [el.appendChild(document.createTextNode(''))];
+    for (i = 0; i < nodes.length; i++) write(nodes[i], i ? '' : code);
+  }
+
   function swapTree(root) {
     var isText = root.nodeType === 3, nodes, i, el, marked;
     // Comments and the like carry no visible number (and no querySelectorAll).
     if ((!isText && root.nodeType !== 1) || !root.parentNode || closest(root, OFF)) return;
+    if (code) {
+      el = closest(root, PROMO);
+      nodes = el ? [el] : isText ? [] : [].slice.call(root.querySelectorAll(PROMO));
+      for (i = 0; i < nodes.length; i++) if (!closest(nodes[i], OFF)) showCode(nodes[i]);
+      if (el) return;
+    }
+    if (!number) return; // a promo code only (no pool fits this page)
     marked = closest(root, MARKED);
     if (marked) { swapMarked(marked); if (isText) return; }
     nodes = texts(root);
@@ -229,18 +245,22 @@
 
   // The daemon's answer is checked before anything on the page changes, and
   // ignored as a whole when it fails: `replace: {"length": 3e8}` once froze
-  // the page. Returns whether it was applied.
+  // the page. A number, a promo code or both; neither is nothing to show.
+  // Returns whether it was applied.
   function apply(r) {
-    var list = r.replace == null ? [] : r.replace, h = r.heartbeat_seconds, n, i;
-    if (!phone(r.number) || !/^[\w.~-]{1,64}$/.test(typeof r.session_id === 'string' ? r.session_id : '') ||
+    var list = r.replace == null ? [] : r.replace, h = r.heartbeat_seconds, c = r.code, n = r.number, i;
+    if ((n != null && !phone(n)) || (c != null && !/^\d{1,12}$/.test(typeof c === 'string' ? c : '')) ||
+        (n == null && c == null) || !/^[\w.~-]{1,64}$/.test(typeof r.session_id === 'string' ? r.session_id : '') ||
         !Array.isArray(list) || list.length > 20) return 0;
     for (i = 0; i < list.length; i++) if (!phone(list[i])) return 0;
-    n = digitsOf(r.number);
+    n = n == null ? '' : digitsOf(n);
+    if (number && !n) restore(); // no number any more: the page's own come back
     if (number && digitsOf(number) !== n) targets[digitsOf(number)] = 1; // a new session's number replaces ours
     for (i = 0; i < list.length; i++) targets[digitsOf(list[i])] = 1;
     delete targets[n];
     session = r.session_id;
-    number = ns.number = '+' + n;
+    number = ns.number = n ? '+' + n : null;
+    if (c != null) code = ns.code = c;
     if (typeof r.visit_number === 'number' && r.visit_number > 0) save(VISITS, String(r.visit_number | 0));
     period = (typeof h === 'number' && h === h ? Math.min(Math.max(h, 5), 3600) : 30) * 1000;
     retry = 0;
@@ -398,7 +418,7 @@
     // is parsed catches text the parser appended to nodes already swapped.
     if (document.readyState === 'loading') {
       document.addEventListener('DOMContentLoaded', safe(function () {
-        if (number) swapAll(document.documentElement);
+        if (number || code) swapAll(document.documentElement);
       }));
     }
     start();

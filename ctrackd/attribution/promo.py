@@ -1,0 +1,144 @@
+"""Promo codes: a short number per visitor session that a caller can key in.
+
+A promo line (a number with `tracking: promo`) cannot tell callers apart by
+the number they dialled, so the website shows each session a code of a few
+digits and the caller keys it in (or the operator keys `*` + code during the
+call). A code therefore names a session only if no other session can hold it
+while a caller may still key it: a code stays reserved until its session's
+last sign of life (a page view, a heartbeat) plus `code_ttl`, and only then
+may it be drawn again. When every code is reserved the session gets none
+(`exhausted` counts those, for the log) rather than a code someone else
+could still call in with.
+
+Codes are drawn at random, so one visitor cannot guess the code of the next;
+the randomness comes in as `choose(n) -> int in [0, n)` (the daemon passes
+`secrets.randbelow`; tests a seeded `random.Random().randrange`): the core
+imports no `random`.
+
+Memory and time stay bounded: reservations sit in one dict ordered by last
+renewal (the TTL is the same for all, so that is also expiry order), and
+`expire` only looks at those it drops; at most `max_codes` are reserved.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ctrackd.attribution.records import PromoStatus
+
+#: random draws before a crowded code space is scanned for a free code
+DRAWS = 16
+#: reserved codes kept at most, whatever the length (each holds a retired session too)
+MAX_CODES = 200_000
+
+
+class PromoSettings(Protocol):
+    """What the core needs of the `promo:` config section (configcalls.PromoConfig)."""
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def code_ttl(self) -> float: ...
+
+
+@dataclass(slots=True)
+class _Reservation:
+    session_id: str
+    until: float          # the code may be drawn again from this moment
+
+
+class PromoCodes:
+    """Codes of `length` digits, each reserved to one session until last sign of life + ttl."""
+
+    def __init__(self, length: int, ttl: float, choose: Callable[[int], int], *,
+                 max_codes: int = MAX_CODES) -> None:
+        if not 1 <= length <= 12:
+            raise ValueError(f"promo code length must be 1-12 digits, got {length}")
+        if ttl <= 0:
+            raise ValueError(f"code_ttl must be positive, got {ttl}")
+        self.length = length
+        self.ttl = ttl
+        self.space = 10 ** length
+        self.capacity = min(self.space, max_codes)
+        self.exhausted = 0          # times a session got no code: every code was reserved
+        self._choose = choose
+        self._codes: OrderedDict[str, _Reservation] = OrderedDict()  # oldest renewal first
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def issue(self, session_id: str, now: float) -> str | None:
+        """A new code for `session_id`, reserved until now + ttl; None when none is free."""
+        self.expire(now)
+        if len(self._codes) >= self.capacity:
+            self.exhausted += 1
+            return None
+        code = self._draw()
+        self._codes[code] = _Reservation(session_id, now + self.ttl)
+        return code
+
+    def renew(self, code: str | None, session_id: str, now: float) -> bool:
+        """A sign of life of the session holding `code`: the code stays reserved another ttl.
+
+        False when the code is not (or no longer) that session's: the caller
+        should then issue a new one.
+        """
+        held = self._codes.get(code) if code else None
+        if held is None or held.session_id != session_id or held.until <= now:
+            return False
+        held.until = max(held.until, now + self.ttl)
+        self._codes.move_to_end(code)  # type: ignore[arg-type]  # code is set when held
+        return True
+
+    def hand_over(self, code: str | None, from_session: str, to_session: str,
+                  now: float) -> bool:
+        """Give `from_session`'s code to `to_session` (the same visitor's next visit, or a
+        tab renewing a session that lapsed): the code shown on the page keeps working."""
+        held = self._codes.get(code) if code else None
+        if held is None or held.session_id != from_session or held.until <= now:
+            return False
+        held.session_id = to_session
+        return self.renew(code, to_session, now)
+
+    def lookup(self, code: str, at: float) -> tuple[str | None, PromoStatus]:
+        """Who holds `code` at `at`: (session id, MATCHED), else (None, UNKNOWN)."""
+        held = self._codes.get(code) if self.is_code(code) else None
+        if held is None or held.until <= at:
+            return None, PromoStatus.UNKNOWN
+        return held.session_id, PromoStatus.MATCHED
+
+    def is_code(self, text: str) -> bool:
+        """Exactly `length` ASCII digits (what GET DATA or the operator's DTMF may give)."""
+        return len(text) == self.length and text.isascii() and text.isdigit()
+
+    def expire(self, now: float) -> int:
+        """Free the codes whose time is up; O(freed). Returns how many."""
+        freed = 0
+        while self._codes:
+            code, held = next(iter(self._codes.items()))
+            if held.until > now:
+                break
+            del self._codes[code]
+            freed += 1
+        return freed
+
+    def _draw(self) -> str:
+        """A free code: random draws first; a crowded space is scanned from a random start
+        (only reached when most codes are taken, so the space is small enough to scan)."""
+        for _ in range(DRAWS):
+            code = self._format(self._choose(self.space))
+            if code not in self._codes:
+                return code
+        start = self._choose(self.space)
+        for offset in range(self.space):
+            code = self._format((start + offset) % self.space)
+            if code not in self._codes:
+                return code
+        raise AssertionError("no free code although fewer than capacity are reserved")
+
+    def _format(self, value: int) -> str:
+        return str(value).zfill(self.length)

@@ -1,0 +1,256 @@
+"""Promo codes: the registry (promo.py) and the codes of visitor sessions (dynamic.py).
+
+Clock and randomness are passed in: `random.Random(seed).randrange`, or a
+chooser that always says 0 (every draw collides: the scan path).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+
+import pytest
+
+from ctrackd.attribution.dynamic import IDLE_SECONDS, DynamicPlan
+from ctrackd.attribution.pools import PoolSpec
+from ctrackd.attribution.promo import PromoCodes
+from ctrackd.attribution.records import PromoStatus
+from ctrackd.attribution.sessions import normalise_visit
+from ctrackd.configcalls import PromoConfig
+
+TTL = 3600.0
+T0 = 1_000_000.0
+
+
+def seeded(seed: int = 7) -> Callable[[int], int]:
+    return random.Random(seed).randrange
+
+
+def always_zero(n: int) -> int:
+    return 0
+
+
+def registry(length: int = 4, choose: Callable[[int], int] | None = None,
+             **kw: int) -> PromoCodes:
+    return PromoCodes(length, TTL, choose or seeded(), **kw)
+
+
+def plan(length: int = 4, ttl: float = TTL, pools: tuple[PoolSpec, ...] = (),
+         choose: Callable[[int], int] | None = None) -> DynamicPlan:
+    counter = itertools.count(1)
+    return DynamicPlan(list(pools), promo=PromoConfig(length=length, code_ttl=ttl),
+                       choose_code=choose or seeded(), new_session_id=lambda: f"s{next(counter)}")
+
+
+def visit(visitor: str, page: str = "https://shop.example.com/", **extra: object):
+    return normalise_visit({"visitor_id": visitor, "page": page, **extra})
+
+
+# -- the registry ------------------------------------------------------------
+
+@pytest.mark.parametrize("length, sessions", [(1, 10), (2, 100), (3, 1000)])
+@pytest.mark.parametrize("choose", [seeded(), always_zero], ids=["random", "colliding"])
+def test_every_code_of_the_space_once_then_none(length: int, sessions: int,
+                                                choose: Callable[[int], int]) -> None:
+    codes = registry(length, choose)
+    issued = [codes.issue(f"s{i}", T0) for i in range(sessions)]
+    assert all(c is not None and len(c) == length and c.isdigit() for c in issued)
+    assert len(set(issued)) == sessions                        # unique
+    assert codes.issue("one-too-many", T0 + 1) is None        # exhausted: no duplicate
+    assert codes.exhausted == 1
+
+
+def test_codes_stay_unique_under_churn() -> None:
+    """Sessions come and go for a day: no two reservations ever share a code."""
+    rng = random.Random(3)
+    codes = registry(3, seeded(11))
+    holder: dict[str, str] = {}           # code -> session, as we issued them
+    for step in range(3000):
+        now = T0 + step * 30.0
+        for code in [c for c in holder if codes.lookup(c, now)[0] is None]:
+            del holder[code]              # lapsed: may be drawn again
+        if rng.random() < 0.7:
+            code = codes.issue(f"s{step}", now)
+            if code is not None:
+                assert code not in holder, f"{code} handed out twice at step {step}"
+                holder[code] = f"s{step}"
+        for code, session in rng.sample(sorted(holder.items()), min(3, len(holder))):
+            codes.renew(code, session, now)
+        assert all(codes.lookup(c, now) == (s, PromoStatus.MATCHED) for c, s in holder.items())
+
+
+@pytest.mark.parametrize("renew_at, lookup_at, issue_at, expected", [
+    # (when the session shows a sign of life, when a caller keys it, when
+    #  another session asks for a code, what the caller gets)
+    (None, T0 + TTL - 1, T0 + TTL - 1, ("s1", PromoStatus.MATCHED)),   # within ttl
+    (None, T0 + TTL, T0 + TTL, (None, PromoStatus.UNKNOWN)),            # ttl over: lapsed
+    (T0 + 1000, T0 + TTL + 999, T0 + TTL + 999, ("s1", PromoStatus.MATCHED)),  # renewed
+    (T0 + 1000, T0 + TTL + 1000, T0 + TTL + 1000, (None, PromoStatus.UNKNOWN)),
+])
+def test_no_reuse_while_callable_and_reuse_after(renew_at: float | None, lookup_at: float,
+                                                 issue_at: float, expected: tuple) -> None:
+    codes = registry(1, always_zero, max_codes=1)  # one code in all: "0"
+    assert codes.issue("s1", T0) == "0"
+    if renew_at is not None:
+        assert codes.renew("0", "s1", renew_at)
+    assert codes.lookup("0", lookup_at) == expected
+    again = codes.issue("s2", issue_at)
+    if expected[0] is None:
+        assert again == "0" and codes.lookup("0", issue_at) == ("s2", PromoStatus.MATCHED)
+    else:
+        assert again is None and codes.exhausted == 1
+
+
+@pytest.mark.parametrize("keyed", ["", "48", "48210", "48a1", "٤٨٢١", "４８２１", "*482", "0000"])
+def test_what_is_no_live_code_is_unknown(keyed: str) -> None:
+    codes = registry(4, always_zero)  # the first code is "0000": taken by s1 below
+    codes.issue("s1", T0)
+    expected = ("s1", PromoStatus.MATCHED) if keyed == "0000" else (None, PromoStatus.UNKNOWN)
+    assert codes.lookup(keyed, T0 + 1) == expected
+
+
+@pytest.mark.parametrize("code, owner, expected", [
+    ("0", "s1", True),        # the holder's code: moves
+    ("0", "s2", False),       # somebody else's code cannot be taken
+    ("1", "s1", False),       # no such code
+    (None, "s1", False),      # the previous session had none
+])
+def test_hand_over_only_from_the_holder(code: str | None, owner: str, expected: bool) -> None:
+    codes = registry(1, always_zero)
+    codes.issue("s1", T0)
+    assert codes.hand_over(code, owner, "s3", T0 + 10) is expected
+    assert codes.lookup("0", T0 + 20)[0] == ("s3" if expected else "s1")
+
+
+def test_expiry_is_bounded_and_in_order() -> None:
+    codes = registry(3)
+    for i in range(500):
+        codes.issue(f"s{i}", T0 + i)
+    assert len(codes) == 500
+    assert codes.expire(T0 + TTL + 99.5) == 100      # the first hundred, and only those
+    assert len(codes) == 400
+    with pytest.raises(ValueError):
+        PromoCodes(0, TTL, seeded())
+    with pytest.raises(ValueError):
+        PromoCodes(4, 0, seeded())
+
+
+def test_memory_is_capped() -> None:
+    codes = registry(6, max_codes=50)
+    assert [codes.issue(f"s{i}", T0) is not None for i in range(51)] == [True] * 50 + [False]
+
+
+# -- sessions and their codes -------------------------------------------------
+
+def test_a_session_gets_a_code_without_any_pool() -> None:
+    dynamic = plan()
+    session, lease = dynamic.start_session(visit("visitor-1"), T0)
+    assert lease is None and session.promo_code is not None and len(session.promo_code) == 4
+    assert dynamic.session_by_code(session.promo_code, T0 + 60) == (
+        session, PromoStatus.MATCHED)
+    assert dynamic.heartbeat(session.session_id, T0 + 30)  # no pool: the session just lives
+
+
+def test_two_tabs_of_one_visitor_keep_one_code() -> None:
+    dynamic = plan()
+    first, _ = dynamic.start_session(visit("visitor-1"), T0)
+    second, _ = dynamic.start_session(visit("visitor-1", "https://shop.example.com/cart"),
+                                      T0 + 5)
+    other, _ = dynamic.start_session(visit("visitor-2"), T0 + 6)
+    assert second is first and second.promo_code == first.promo_code
+    assert other.promo_code != first.promo_code
+
+
+def test_a_renewing_tab_keeps_its_code_after_the_session_lapsed() -> None:
+    dynamic = plan()
+    first, _ = dynamic.start_session(visit("visitor-1"), T0)
+    code = first.promo_code
+    # The tab was hidden past the idle time: its heartbeat is refused...
+    later = T0 + IDLE_SECONDS + 10
+    assert not dynamic.heartbeat(first.session_id, later)
+    # ...and it asks again naming the old session: a new session, the same code.
+    renewed, _ = dynamic.start_session(visit("visitor-1", session_id=first.session_id), later)
+    assert renewed.session_id != first.session_id and renewed.promo_code == code
+    assert dynamic.session_by_code(code, later + 1) == (renewed, PromoStatus.MATCHED)
+
+
+def test_a_new_visit_takes_the_code_along() -> None:
+    dynamic = plan()
+    first, _ = dynamic.start_session(visit("visitor-1", "https://s.example/?utm_source=google"),
+                                     T0)
+    code = first.promo_code
+    second, _ = dynamic.start_session(visit("visitor-1", "https://s.example/?utm_source=vk"),
+                                      T0 + 100)
+    assert second.session_id != first.session_id and (second.source, second.visit_number) == (
+        "vk", 2)
+    assert second.promo_code == code and first.promo_code is None
+    assert dynamic.session_by_code(code, T0 + 200)[0] is second
+
+
+def test_heartbeats_keep_the_code_and_a_lapsed_code_names_nobody() -> None:
+    dynamic = plan()
+    session, _ = dynamic.start_session(visit("visitor-1"), T0)
+    code = session.promo_code
+    for beat in range(1, 100):                  # an open tab, beating every 30 s
+        assert dynamic.heartbeat(session.session_id, T0 + beat * 30)
+    last = T0 + 99 * 30
+    assert dynamic.session_by_code(code, last + TTL - 1)[0] is session
+    assert dynamic.session_by_code(code, last + TTL) == (None, PromoStatus.UNKNOWN)
+
+
+def test_a_code_outlives_its_visit_until_the_ttl() -> None:
+    """The caller keys the code hours after the visit: the session is still known."""
+    dynamic = plan(ttl=86400)
+    session, _ = dynamic.start_session(visit("visitor-1", "https://s.example/?utm_source=vk"),
+                                       T0)
+    later = T0 + 5 * 3600
+    dynamic.expire(later)
+    assert session.session_id not in dynamic.sessions           # the visit is over
+    assert dynamic.session_by_code(session.promo_code, later) == (session,
+                                                                 PromoStatus.MATCHED)
+    # A new visit of the same visitor is a new session (with a new code).
+    again, _ = dynamic.start_session(visit("visitor-1"), later)
+    assert again is not session
+    assert again.promo_code != session.promo_code
+    dynamic.expire(T0 + 86400)
+    assert dynamic.session_by_code(session.promo_code, T0 + 86400) == (
+        None, PromoStatus.UNKNOWN)
+    assert dynamic.session_by_code(again.promo_code, T0 + 86400)[0] is again
+
+
+def test_exhausted_codes_are_counted_and_a_later_page_view_gets_one() -> None:
+    dynamic = plan(length=1, ttl=600)
+    sessions = [dynamic.start_session(visit(f"visitor-{i}"), T0)[0] for i in range(11)]
+    codes = [s.promo_code for s in sessions]
+    assert None not in codes[:10] and len(set(codes[:10])) == 10
+    assert codes[10] is None and dynamic.promo is not None and dynamic.promo.exhausted == 1
+    # Nobody may get a code somebody else could still be calling in with...
+    late = dynamic.start_session(visit("visitor-10"), T0 + 599)[0]
+    assert late.promo_code is None
+    # ...but once the first ten lapsed (no sign of life for ttl), the next page view gets one.
+    late = dynamic.start_session(visit("visitor-10"), T0 + 600)[0]
+    assert late.promo_code is not None
+
+
+def test_codes_are_off_without_promo_settings() -> None:
+    dynamic = DynamicPlan([PoolSpec(name="web", numbers=("+74950000101",))],
+                          new_session_id=lambda: "s1")
+    session, lease = dynamic.start_session(visit("visitor-1"), T0)
+    assert lease is not None and session.promo_code is None
+    assert dynamic.session_by_code("1234", T0) == (None, PromoStatus.UNKNOWN)
+    with pytest.raises(ValueError, match="choose_code"):
+        DynamicPlan([], new_session_id=lambda: "s", promo=PromoConfig())
+
+
+def test_a_rebuilt_plan_keeps_the_codes_pages_show() -> None:
+    old = plan()
+    session, _ = old.start_session(visit("visitor-1"), T0)
+    code = session.promo_code
+    new = plan(choose=always_zero)
+    assert new.adopt_codes(old) == 1
+    assert new.session_by_code(code, T0 + 10) == (session, PromoStatus.MATCHED)
+    assert new.heartbeat(session.session_id, T0 + 30) is False   # the old session is gone...
+    renewed, _ = new.start_session(visit("visitor-1", session_id=session.session_id), T0 + 31)
+    assert renewed.promo_code == code                            # ...its code is not
+    assert plan(length=5).adopt_codes(old) == 0                  # other length: not kept
