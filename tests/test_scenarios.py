@@ -43,8 +43,11 @@ def read_messages(path: Path, *, filtered: bool = False) -> list[Message]:
 
 
 def replay(path: Path, tracker: CallTracker | None = None, *,
-           filtered: bool = False) -> dict[str, CallProgress]:
-    """Feed a capture through translate + tracker; return the last record of each call."""
+           filtered: bool = False, notices: list | None = None) -> dict[str, CallProgress]:
+    """Feed a capture through translate + tracker; return the last record of each call.
+
+    `notices` gets the tracker's notices (operator codes, outbound calls), in order.
+    """
     tracker = tracker or CallTracker(region="RU")
     records: dict[str, CallProgress] = {}
     listed: list[Message] = []
@@ -68,6 +71,8 @@ def replay(path: Path, tracker: CallTracker | None = None, *,
             continue
         for progress in tracker.apply(core_event):
             records[progress.call_id] = progress
+        if notices is not None:
+            notices.extend(tracker.take_notices())
     return records
 
 
@@ -206,9 +211,12 @@ def test_the_prefilter_drops_nothing_the_tracker_needs(captures: Path, name: str
     """Events dropped unparsed by `wanted` change no record of any capture."""
     path = captures / "ami" / f"{name}.txt"
     tracker_all, tracker_filtered = CallTracker(), CallTracker()
-    everything = replay(path, tracker_all)
+    notices_all: list = []
+    notices_filtered: list = []
+    everything = replay(path, tracker_all, notices=notices_all)
     assert everything, name
-    assert replay(path, tracker_filtered, filtered=True) == everything
+    assert replay(path, tracker_filtered, filtered=True, notices=notices_filtered) == everything
+    assert notices_filtered == notices_all  # operator codes too (only Received DTMF pass)
 
 
 @pytest.mark.parametrize("message", [

@@ -13,6 +13,12 @@ the answer ended unseen and are closed (see CallTracker).
 
 Nothing here may stop on bad input: one error boundary per event; a failed
 store write is kept and retried with the next batch, never dropped.
+
+The tracker's notices go out after each batch, in order and before the
+batch's records: answered outbound calls to `save_outbound` (kept and
+retried like records), operator codes to `on_operator_code` one at a time
+(the daemon resolves each against the store; awaiting it keeps "the last
+code keyed wins" true).
 """
 
 from __future__ import annotations
@@ -27,14 +33,26 @@ import structlog
 
 from ctrackd.ami.connection import AmiLinkEvent
 from ctrackd.ami.translate import leg_of, translate
-from ctrackd.attribution.events import CallAttributed, ChannelsListed, ListedChannel
+from ctrackd.attribution.events import (
+    CallAttributed,
+    ChannelsListed,
+    ListedChannel,
+    OperatorCodeKeyed,
+    OutboundAnswered,
+)
 from ctrackd.attribution.records import CallProgress
 from ctrackd.attribution.tracker import CallTracker
+from ctrackd.logs import mask_number
 
 log = structlog.get_logger("ctrackd.ami")
 
 SaveProgress = Callable[[list[CallProgress]], Awaitable[None]]
 RequestSnapshot = Callable[[], Awaitable[list[Mapping[str, Any]]]]
+SaveOutbound = Callable[[list[OutboundAnswered]], Awaitable[None]]
+OnOperatorCode = Callable[[OperatorCodeKeyed], Awaitable[None]]
+
+#: outbound calls kept for a retry while the store refuses them; beyond, the oldest go
+_OUTBOUND_PENDING_MAX = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +73,8 @@ class AmiConsumer:
     def __init__(self, *, queue: asyncio.Queue[Any], tracker: CallTracker,
                  save_progress: SaveProgress, request_snapshot: RequestSnapshot,
                  on_call_finished: Callable[[CallProgress], None] | None = None,
+                 save_outbound: SaveOutbound | None = None,
+                 on_operator_code: OnOperatorCode | None = None,
                  clock: Callable[[], float] = time.time, batch_max: int = 1000,
                  resync_interval: float = 300.0) -> None:
         self._queue = queue
@@ -62,6 +82,10 @@ class AmiConsumer:
         self._save = save_progress
         self._request_snapshot = request_snapshot
         self._on_finished = on_call_finished
+        self._save_outbound = save_outbound
+        self._on_operator_code = on_operator_code
+        self._outbound: list[OutboundAnswered] = []   # answered outbound calls not yet saved
+        self._codes: list[OperatorCodeKeyed] = []     # operator codes not yet handed on
         self._clock = clock
         self._batch_max = batch_max
         self._resync_interval = resync_interval
@@ -96,6 +120,12 @@ class AmiConsumer:
         await self.flush()
 
     async def flush(self) -> None:
+        # Notices first: an operator's code rewrites the call's channel, and a
+        # call saved as ended is judged (its target rule is the channel's) at once.
+        await self._flush_notices()
+        await self._flush_progress()
+
+    async def _flush_progress(self) -> None:
         if not self._pending:
             return
         records = list(self._pending.values())
@@ -122,6 +152,40 @@ class AmiConsumer:
                 continue
             self._saved([record])
 
+    async def _flush_notices(self) -> None:
+        if self._outbound and self._save_outbound is not None:
+            calls = self._outbound
+            try:
+                await self._save_outbound(calls)
+            except Exception as exc:  # the store is down: kept for the next batch
+                log.error("outbound_calls_save_failed", error=repr(exc), calls=len(calls))
+                del calls[:-_OUTBOUND_PENDING_MAX]
+            else:
+                self._outbound = []
+                for call in calls:
+                    log.info("outbound_call_answered", uniqueid=call.uniqueid,
+                             number=mask_number(call.number), endpoint=call.endpoint)
+        codes, self._codes = self._codes, []
+        for n, keyed in enumerate(codes):
+            assert self._on_operator_code is not None  # only then are codes kept
+            try:
+                await self._on_operator_code(keyed)
+            except asyncio.CancelledError:
+                # stop() cancelled us: drain() hands this one and the rest on again
+                # (resolving a code twice gives the same record).
+                self._codes[:0] = codes[n:]
+                raise
+            except Exception:  # one bad code must not stop the daemon; the log keeps it
+                log.exception("operator_code_failed", call_id=keyed.call_id, code=keyed.code)
+
+    def _take_notices(self) -> None:
+        for notice in self._tracker.take_notices():
+            if isinstance(notice, OutboundAnswered):
+                if self._save_outbound is not None:
+                    self._outbound.append(notice)
+            elif self._on_operator_code is not None:
+                self._codes.append(notice)
+
     def _saved(self, records: list[CallProgress]) -> None:
         for record in records:
             if self._pending.get(record.call_id) is record:
@@ -137,6 +201,7 @@ class AmiConsumer:
             except Exception:  # one bad item (a hostile snapshot...) must not stop the daemon
                 self.failed_events += 1
                 log.exception("ami_item_failed", item=type(item).__name__)
+        self._take_notices()
 
     def _apply_item(self, item: Any, received_at: float) -> None:
         if isinstance(item, AmiLinkEvent):

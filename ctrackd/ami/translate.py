@@ -27,6 +27,8 @@ from ctrackd.attribution.events import (
     DialBegan,
     DialEnded,
     DialStatusSet,
+    DtmfBegan,
+    DtmfEnded,
     HangupRequested,
     Leg,
 )
@@ -153,6 +155,24 @@ def on_hangup(message: Message, ts: float) -> CoreEvent | None:
                          cause_txt=_text(_str(message, "Cause-txt")))
 
 
+def _key(message: Message) -> tuple[Leg, str, str] | None:
+    """The channel, digit and direction of a DTMF event (None when one is missing)."""
+    leg, digit, direction = leg_of(message), _str(message, "Digit"), _str(message, "Direction")
+    if leg is None or not digit or len(digit) != 1 or not direction:
+        return None
+    return leg, digit, direction
+
+
+def on_dtmf_begin(message: Message, ts: float) -> CoreEvent | None:
+    key = _key(message)
+    return None if key is None else DtmfBegan(ts, *key)
+
+
+def on_dtmf_end(message: Message, ts: float) -> CoreEvent | None:
+    key = _key(message)
+    return None if key is None else DtmfEnded(ts, *key)
+
+
 def on_fully_booted(message: Message, ts: float) -> CoreEvent | None:
     return AsteriskBooted(ts=ts)
 
@@ -170,12 +190,17 @@ TRANSLATORS: dict[str, Translator] = {
     "BridgeEnter": on_bridge_enter,
     "HangupRequest": on_hangup_request,
     "Hangup": on_hangup,
+    "DTMFBegin": on_dtmf_begin,      # the operator's `*` + promo code (tracker.py)
+    "DTMFEnd": on_dtmf_end,
     "FullyBooted": on_fully_booted,
     "Shutdown": on_shutdown,
 }
 
 
-_WANTED_HEADS = tuple(f"Event: {name}\r\n" for name in TRANSLATORS if name != "VarSet")
+# Wanted only with a header that matters (checked in the raw text, below).
+_NARROWED = ("VarSet", "DTMFBegin", "DTMFEnd")
+_WANTED_HEADS = tuple(f"Event: {name}\r\n" for name in TRANSLATORS if name not in _NARROWED)
+_DTMF_HEADS = ("Event: DTMFBegin\r\n", "Event: DTMFEnd\r\n")
 
 
 def wanted(raw: str) -> bool:
@@ -183,10 +208,14 @@ def wanted(raw: str) -> bool:
 
     Given to the AMI connection so that noise (Newexten, DeviceStateChange,
     RTCP, most VarSets...) is never parsed at all. Only the DIALSTATUS VarSet
-    is wanted among the VarSets.
+    is wanted among the VarSets, and among the DTMF events (each key shows
+    four times, begin and end on both legs) only the `Received` ones: the
+    same key `Sent` on the bridged leg is the copy, never a key press.
     """
     if raw.startswith(_WANTED_HEADS):
         return True
+    if raw.startswith(_DTMF_HEADS):  # the raw text ends without its line's CRLF
+        return "\r\nDirection: Received\r\n" in raw or raw.endswith("\r\nDirection: Received")
     return raw.startswith("Event: VarSet\r\n") and "\r\nVariable: DIALSTATUS\r\n" in raw
 
 

@@ -113,6 +113,28 @@ class CallAttributed:        # not from AMI: the AGI side wrote a record for thi
 
 
 @dataclass(frozen=True, slots=True)
+class DtmfBegan:             # DTMFBegin
+    ts: float
+    leg: Leg
+    digit: str
+    direction: str           # "Received" (from the channel's far end) or "Sent"
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfEnded:             # DTMFEnd
+    """The end of a key press; only one that follows its DtmfBegan is a key press.
+
+    Asterisk also reports digits it queued itself (an attended transfer's
+    feature code sent by the Atxfer action) as DTMFEnd alone.
+    """
+
+    ts: float
+    leg: Leg
+    digit: str
+    direction: str
+
+
+@dataclass(frozen=True, slots=True)
 class AsteriskBooted:        # FullyBooted
     ts: float
 
@@ -124,4 +146,37 @@ class AsteriskShutdown:      # Shutdown
 
 CoreEvent = (ChannelCreated | DialBegan | DialEnded | DialStatusSet | BridgeEntered
              | HangupRequested | ChannelHungUp | ChannelsListed | CallAttributed
-             | AsteriskBooted | AsteriskShutdown)
+             | DtmfBegan | DtmfEnded | AsteriskBooted | AsteriskShutdown)
+
+
+# -- what the tracker tells besides call records (CallTracker.take_notices) ----
+
+@dataclass(frozen=True, slots=True)
+class OperatorCodeKeyed:
+    """The operator keyed the prefix and a code on a tracked call's phone leg.
+
+    `complete`: as many digits as a code has; False when `#` ended it early
+    (a code that cannot be live: recorded as unknown).
+    """
+
+    ts: float
+    call_id: str
+    code: str
+    complete: bool
+    endpoint: str | None     # the phone that keyed it, e.g. "PJSIP/101"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundAnswered:
+    """An office phone's call to an outside number was answered (not a tracked call).
+
+    `uniqueid` is the dialling channel's; `number` is E.164.
+    """
+
+    ts: float
+    uniqueid: str
+    number: str
+    endpoint: str | None     # the dialling channel's endpoint, e.g. "PJSIP/101"
+
+
+Notice = OperatorCodeKeyed | OutboundAnswered

@@ -21,11 +21,22 @@ Outcome rules (see ../../../shared/asterisk-captures/README.md):
   inbound leg's hang-up cause decides;
 - a call that the store had open but Asterisk no longer lists after a
   reconnect is closed with reason `gone_after_reconnect`.
+
+Besides records, the tracker gives notices (`take_notices()`):
+- `OperatorCodeKeyed`: the operator keyed the prefix and a code on a tracked
+  call's phone leg (keypad.py). A key press counts only as a `DTMFEnd` that
+  follows a `DTMFBegin` of the same digit on the same channel, received from
+  that channel's far end, on a leg that is not the inbound one: an attended
+  transfer's feature code shows as DTMFEnd alone, and the caller's own
+  digits (a promo line's prompt) arrive on the inbound leg;
+- `OutboundAnswered`: a Dial from a channel that belongs to no tracked call
+  was answered by an outside number (outbound.py says which): an office
+  phone called somebody, who then leaves the callback list.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ctrackd.attribution.events import (
@@ -40,10 +51,17 @@ from ctrackd.attribution.events import (
     DialBegan,
     DialEnded,
     DialStatusSet,
+    DtmfBegan,
+    DtmfEnded,
     HangupRequested,
     Leg,
+    Notice,
+    OperatorCodeKeyed,
+    OutboundAnswered,
 )
+from ctrackd.attribution.keypad import CodeEntry
 from ctrackd.attribution.numbers import normalise_number
+from ctrackd.attribution.outbound import dialled_number
 from ctrackd.attribution.records import CallProgress, CallStatus
 
 #: DialStatus values that end a Dial without an answer, and the status they give
@@ -78,6 +96,18 @@ CALLER_HANGUP_CAUSES = frozenset({None, 0, 16, 31})
 _PENDING_TTL = 3600.0
 # How many finished call ids are remembered to ignore their stragglers.
 _FINISHED_MEMORY = 10_000
+# Notices nobody took (a tracker without a consumer) are not kept forever.
+_NOTICES_MAX = 10_000
+# Untracked dials (possible outbound calls) remembered until their DialEnd.
+_DIALS_MAX = 10_000
+
+
+@dataclass(slots=True)
+class _Dial:
+    """An untracked channel's Dial to an outside number, waiting for its DialEnd."""
+
+    ts: float
+    number: str
 
 
 @dataclass(slots=True)
@@ -91,13 +121,23 @@ class _Call:
     # Joined mid-call (first seen after the daemon restarted, with no record):
     # a missed status cannot be told from the hang-up alone, so it is unknown.
     joined_late: bool = False
+    keypad: CodeEntry | None = None   # the operator's code entry, from the first key
+    has_complete_code: bool = False   # a short code no longer overrides once one is complete
 
 
 class CallTracker:
     """Per-Asterisk call state, in memory; rebuilt from the store after a restart."""
 
-    def __init__(self, region: str = "RU") -> None:
+    def __init__(self, region: str = "RU", *, operator_prefix: str = "*",
+                 code_length: int = 4) -> None:
         self.region = region  # for normalising numbers seen on AMI; a reload may change it
+        # PromoConfig.operator_prefix / length; a reload may change them (calls
+        # already keying keep their entry).
+        self.operator_prefix = operator_prefix
+        self.code_length = code_length
+        self._notices: deque[Notice] = deque(maxlen=_NOTICES_MAX)
+        self._dtmf_begun: dict[str, str] = {}  # phone leg uniqueid -> digit pressed, not released
+        self._dials: dict[str, _Dial] = {}  # dest uniqueid -> untracked Dial to an outside number
         self._calls: dict[str, _Call] = {}
         self._legs: dict[str, str] = {}  # uniqueid of any known leg -> call id
         self._created: dict[str, ChannelCreated] = {}  # Newchannel not yet tied to a call
@@ -113,6 +153,8 @@ class CallTracker:
             ChannelHungUp: self._on_hung_up,
             ChannelsListed: self._on_channels_listed,
             CallAttributed: self._on_attributed,
+            DtmfBegan: self._on_dtmf_began,
+            DtmfEnded: self._on_dtmf_ended,
             AsteriskBooted: self._on_booted,
             AsteriskShutdown: self._on_shutdown,
         }
@@ -140,6 +182,12 @@ class CallTracker:
     def apply(self, event: CoreEvent) -> list[CallProgress]:
         """Apply one event; return the records it changed (often none)."""
         return self._handlers[type(event)](event)  # type: ignore[operator]
+
+    def take_notices(self) -> list[Notice]:
+        """The operator codes and outbound calls seen since the last call, in order."""
+        notices = list(self._notices)
+        self._notices.clear()
+        return notices
 
     # -- resolution of legs to calls ---------------------------------------
 
@@ -198,6 +246,8 @@ class CallTracker:
     def _on_dial_began(self, event: DialBegan) -> list[CallProgress]:
         call = self._call_for(event.leg, event.ts)
         if call is None:
+            if self._call_id_of(event.leg) is None:
+                self._note_untracked_dial(event)
             return []
         call.ringing.add(event.dest_uniqueid)
         if call.progress.answered_at is None:
@@ -213,6 +263,12 @@ class CallTracker:
     def _on_dial_ended(self, event: DialEnded) -> list[CallProgress]:
         call = self._call_for(event.leg, event.ts)
         if call is None:
+            dial = self._dials.pop(event.dest_uniqueid, None)
+            if (dial is not None and event.dial_status.upper() == "ANSWER"
+                    and self._call_id_of(event.leg) is None):
+                self._notices.append(OutboundAnswered(
+                    ts=event.ts, uniqueid=event.leg.uniqueid, number=dial.number,
+                    endpoint=endpoint_of(event.leg.channel, None) if event.leg.channel else None))
             return []
         status = event.dial_status.upper()
         progress = call.progress
@@ -276,6 +332,8 @@ class CallTracker:
     def _on_hung_up(self, event: ChannelHungUp) -> list[CallProgress]:
         call = self._call_for(event.leg, event.ts)
         self._created.pop(event.leg.uniqueid, None)
+        self._dtmf_begun.pop(event.leg.uniqueid, None)
+        self._dials.pop(event.leg.uniqueid, None)  # a dialled channel gone without a DialEnd
         if call is None:
             return []
         call_id = call.progress.call_id
@@ -302,6 +360,7 @@ class CallTracker:
         call = self._calls.pop(call_id)
         for uniqueid in [call_id, *call.endpoints]:
             self._legs.pop(uniqueid, None)
+            self._dtmf_begun.pop(uniqueid, None)
         self._finished[call_id] = None
         if len(self._finished) > _FINISHED_MEMORY:
             self._finished.popitem(last=False)
@@ -320,6 +379,57 @@ class CallTracker:
     # -- resynchronisation after a (re)connect ------------------------------
 
     def _on_booted(self, event: AsteriskBooted) -> list[CallProgress]:
+        return []
+
+    # -- outbound calls (office phones calling out) ---------------------------
+
+    def _note_untracked_dial(self, event: DialBegan) -> None:
+        number = dialled_number(event.dial_string, self.region)
+        if number is None:
+            return  # an internal extension, a queue member, a peer: not an outside number
+        if len(self._dials) >= _DIALS_MAX:  # DialEnds that never came (lost while away)
+            horizon = event.ts - _PENDING_TTL
+            self._dials = {u: d for u, d in self._dials.items() if d.ts >= horizon}
+            while len(self._dials) >= _DIALS_MAX:
+                del self._dials[next(iter(self._dials))]
+        self._dials[event.dest_uniqueid] = _Dial(ts=event.ts, number=number)
+
+    # -- the operator's keypad --------------------------------------------------
+
+    def _operator_leg_call(self, leg: Leg, direction: str) -> _Call | None:
+        """The tracked call of a phone leg that received a key press; None otherwise.
+
+        `Received` is what the channel's far end (the phone) sent; the inbound
+        leg is the caller's (their digits are theirs, not the operator's).
+        """
+        if direction.lower() != "received":
+            return None
+        call_id = self._call_id_of(leg)
+        if call_id is None or call_id == leg.uniqueid or call_id in self._finished:
+            return None
+        return self._calls.get(call_id)
+
+    def _on_dtmf_began(self, event: DtmfBegan) -> list[CallProgress]:
+        if self._operator_leg_call(event.leg, event.direction) is not None:
+            self._dtmf_begun[event.leg.uniqueid] = event.digit
+        return []
+
+    def _on_dtmf_ended(self, event: DtmfEnded) -> list[CallProgress]:
+        call = self._operator_leg_call(event.leg, event.direction)
+        begun = self._dtmf_begun.pop(event.leg.uniqueid, None)
+        if call is None or begun != event.digit:
+            return []  # a digit Asterisk queued itself (DTMFEnd alone), or not the operator's
+        if call.keypad is None:
+            call.keypad = CodeEntry(self.operator_prefix, self.code_length)
+        keyed = call.keypad.press(event.digit)
+        if keyed is None or (not keyed.complete and call.has_complete_code):
+            return []  # a short code after a complete one: the complete one stands
+        call.has_complete_code |= keyed.complete
+        self._notices.append(OperatorCodeKeyed(
+            ts=event.ts, call_id=call.progress.call_id, code=keyed.code,
+            complete=keyed.complete,
+            endpoint=call.endpoints.get(event.leg.uniqueid)
+            or (endpoint_of(event.leg.channel, None) if event.leg.channel else None)))
         return []
 
     def _on_channels_listed(self, event: ChannelsListed) -> list[CallProgress]:
