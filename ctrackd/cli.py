@@ -212,7 +212,7 @@ def report_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     with _reading(config.store.path) as conn:
         rows = queries.report(conn, since=args.since, until=args.until, by=args.by)
-    fields = (args.by, "calls", "answered", "missed", "unique_callers", "answer_rate",
+    fields = (args.by, "calls", "answered", "missed", "target", "unique_callers", "answer_rate",
               "avg_ring_seconds", "avg_talk_seconds", "is_total")
     if args.format != "table":
         _print(args.format, rows, [], fields)
@@ -224,6 +224,7 @@ def report_command(args: argparse.Namespace) -> int:
         Column("calls", "CALLS", align=">"),
         Column("answered", "ANSWERED", align=">"),
         Column("missed", "MISSED", align=">"),
+        Column("target", "TARGET", align=">"),
         Column("unique_callers", "UNIQUE", align=">"),
         Column("answer_rate", "RATE", output.percent, ">"),
         Column("avg_ring_seconds", "AVG RING", output.duration, ">"),
@@ -251,6 +252,78 @@ def _pools_arguments(p: argparse.ArgumentParser) -> None:
     pools_arguments(p, _range_arguments, _format_argument)
 
 
+# -- callers, caller, missed -------------------------------------------------------
+
+def _callers_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.callers_command import callers_arguments
+    callers_arguments(p, _range_arguments, _format_argument, _count)
+
+
+def _callers_command(args: argparse.Namespace) -> int:
+    from ctrackd.callers_command import print_callers
+    config = load_config(args.config)
+    if args.channel and args.channel not in config.channels:
+        print(f"ctrackd: note: {args.config} has no channel {args.channel!r}", file=sys.stderr)
+    with _reading(config.store.path) as conn:
+        print_callers(args, conn, _width())
+    return 0
+
+
+def _caller_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.callers_command import caller_arguments
+    caller_arguments(p, _format_argument)
+
+
+def _caller_command(args: argparse.Namespace) -> int:
+    from ctrackd.attribution.numbers import normalise_number
+    from ctrackd.callers_command import print_caller
+    config = load_config(args.config)
+    number = normalise_number(args.number, config.phone_region)
+    if number is None:
+        raise CliError(f"{args.number!r} is not a phone number (withheld callers have no card)")
+    with _reading(config.store.path) as conn:
+        if not print_caller(args, conn, number, _width()):
+            raise CliError(f"no calls from {number} in {config.store.path}")
+    return 0
+
+
+def _missed_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.missed_command import missed_arguments
+    missed_arguments(p, _range_arguments, _format_argument, _count)
+
+
+def _missed_command(args: argparse.Namespace) -> int:
+    from ctrackd.missed_command import print_missed
+    config = load_config(args.config)
+    with _reading(config.store.path) as conn:
+        print_missed(args, conn, time.time(), _width())
+    return 0
+
+
+# -- hooks -----------------------------------------------------------------------
+
+def _hooks_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.hooks_command import hooks_arguments
+    hooks_arguments(p, _count, _format_argument)
+
+
+def _hooks_command(args: argparse.Namespace) -> int:
+    from ctrackd.hooks_command import hooks_command
+    return hooks_command(args)
+
+
+# -- recordings --------------------------------------------------------------------
+
+def _recordings_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.recordings_command import recordings_arguments
+    recordings_arguments(p)
+
+
+def _recordings_command(args: argparse.Namespace) -> int:
+    from ctrackd.recordings_command import recordings_command
+    return recordings_command(args, load_config(args.config), _width())
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("run the daemon (FastAGI + AMI), as systemd does", lambda p: None,
                    run_command),
@@ -262,6 +335,18 @@ COMMANDS: dict[str, Command] = {
     "pools": Command("number pools: size, peak, utilisation, overflows, exact share and the"
                      " advised size (default: the last 7 days)", _pools_arguments,
                      pools_command),
+    "callers": Command("one card per caller number: first and last call and touch, calls,"
+                       " answered, missed, target calls", _callers_arguments, _callers_command),
+    "caller": Command("one caller's card and every call of theirs, first or repeat",
+                      _caller_arguments, _caller_command),
+    "missed": Command("the callback list: numbers whose missed calls nobody returned yet,"
+                      " the longest waiting first", _missed_arguments, _missed_command),
+    "hooks": Command("the hook outbox: pending, delivered and given-up deliveries;"
+                     " `hooks retry ID...|--all-failed` sends given-up ones again",
+                     _hooks_arguments, _hooks_command),
+    "recordings": Command("recording retention: `recordings prune [--dry-run]` deletes the"
+                          " oldest recordings past the limits", _recordings_arguments,
+                          _recordings_command),
 }
 
 

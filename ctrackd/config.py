@@ -245,6 +245,10 @@ def _recordings(r: Reader, node: Node | None) -> RecordingsConfig:
     m = r.mapping(node, "recordings", {"dir", "retention"})
     retention = retention_section(r, m.get("retention"))
     directory = r.text(m.get("dir"), "recordings.dir", default=None)
+    if directory is not None and not directory.startswith("/"):
+        # Asterisk's own folder: relative to nothing we know (systemd runs us in /).
+        r.fail(m["dir"], "recordings.dir", "an absolute path such as /var/spool/asterisk/monitor",
+               repr(directory))
     if retention.enabled and directory is None:
         r.fail(m["retention"], "recordings.retention", "recordings.dir to be set (retention"
                " prunes that folder)", "no recordings.dir")

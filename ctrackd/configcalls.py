@@ -32,7 +32,7 @@ class PromoConfig:
     """Promo codes: every visitor session gets one; promo lines ask callers for it."""
 
     length: int = 4                 # digits per code
-    code_ttl: float = 86400.0       # seconds a code stays callable after the session's last sign of life
+    code_ttl: float = 86400.0       # seconds a code stays callable after the session's last view
     prompt: str = "beep"            # sound played to ask for the code (GET DATA)
     retry_prompt: str | None = None  # sound before another try (None: the prompt again)
     digit_timeout: float = 8.0      # seconds the caller has to key the code

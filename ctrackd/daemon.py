@@ -33,12 +33,21 @@ from ctrackd.ami.consumer import AmiConsumer
 from ctrackd.ami.translate import wanted
 from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.plan import StaticPlan
-from ctrackd.attribution.events import CallAttributed
+from ctrackd.attribution.events import CallAttributed, OperatorCodeKeyed, OutboundAnswered
+from ctrackd.attribution.operator_codes import OperatorCodes
 from ctrackd.attribution.records import Attribution, CallProgress
 from ctrackd.attribution.tracker import CallTracker
 from ctrackd.config import Config, ConfigError, load_config
+from ctrackd.configcalls import HookConfig
+from ctrackd.hooks.dispatcher import Dispatcher
+from ctrackd.hooks.outbox import enqueue as enqueue_hook
 from ctrackd.logs import configure_logging, mask_number
+from ctrackd.recordings import RetentionTask
+from ctrackd.store import queries
 from ctrackd.store.database import Store
+from ctrackd.store.outbound import UPSERT_OUTBOUND, outbound_rows
+from ctrackd.store.promo import UPSERT_PROMO, promo_params, read_attribution
+from ctrackd.store.judge import Judged, JudgeWorker
 from ctrackd.systemd import SystemdNotifier
 from ctrackd.web.server import WebServer
 
@@ -48,6 +57,8 @@ log = structlog.get_logger("ctrackd")
 _RESTART_ONLY = ("ami", "agi", "store", "web")
 #: seconds between pool housekeeping rounds (expiry, usage written to the store)
 POOL_TICK = 60.0
+#: seconds hook deliveries under way may take to finish when the daemon stops
+HOOK_STOP_GRACE = 2.0
 
 
 class SteadyClock:
@@ -68,14 +79,20 @@ class SteadyClock:
 
 
 def build_dynamic(config: Config) -> DynamicPlan | None:
-    """The pools and UTM rules of the config as a live plan (None without pools).
+    """The pools, UTM rules and promo codes of the config as a live plan (None
+    without pools and without the web side: no sessions at all).
 
     Session ids are unguessable: whoever knows one can keep its number held.
+    Promo codes are drawn by the OS's CSPRNG: one visitor's code tells
+    nothing of the next. A site with the web side and no pools still has
+    sessions, for their promo codes.
     """
-    if not config.pools:
+    if not config.pools and config.web is None:
         return None
     return DynamicPlan(config.pools, config.utm_rules,
-                       new_session_id=lambda: secrets.token_urlsafe(16))
+                       new_session_id=lambda: secrets.token_urlsafe(16),
+                       promo=config.promo if config.web is not None else None,
+                       choose_code=secrets.randbelow)
 
 
 class Daemon:
@@ -93,10 +110,14 @@ class Daemon:
         self.agi: AgiServer | None = None
         self.ami: AmiConnection | None = None
         self.consumer: AmiConsumer | None = None
+        self.judge: JudgeWorker | None = None
         self.tracker: CallTracker | None = None
+        self.operator_codes = OperatorCodes()
         self.agi_address: tuple[str, int] | None = None
         self.web: WebServer | None = None
         self.web_address: tuple[str, int] | None = None
+        self.retention: RetentionTask | None = None
+        self.hooks: Dispatcher | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -104,7 +125,9 @@ class Daemon:
         cfg = self.config
         self.store = await Store.open(cfg.store.path, synchronous=cfg.store.synchronous)
         self._watch(self.store.writer, owned=False)  # closed by store.close(), last
-        self.tracker = CallTracker(region=cfg.phone_region)
+        self.tracker = CallTracker(region=cfg.phone_region,
+                                   operator_prefix=cfg.promo.operator_prefix,
+                                   code_length=cfg.promo.length)
         open_calls = await self.store.open_calls()
         self.tracker.restore(open_calls)
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -114,11 +137,17 @@ class Daemon:
             ping_interval=cfg.ami.ping_interval, liveness_timeout=cfg.ami.liveness_timeout,
             action_timeout=cfg.ami.action_timeout, reconnect_max=cfg.ami.reconnect_max,
             wanted=wanted)
+        # Judged once saved as ended: on_call_finished runs before the save.
+        self.judge = JudgeWorker(cfg.store.path, synchronous=cfg.store.synchronous,
+                                 rules=lambda: self.config.target_rule,
+                                 enqueue=self._hook_enqueuer, after=self._judged)
         self.consumer = AmiConsumer(
-            queue=queue, tracker=self.tracker, save_progress=self.store.save_progress,
-            request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished)
+            queue=queue, tracker=self.tracker, save_progress=self._save_progress,
+            request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished,
+            save_outbound=self._save_outbound, on_operator_code=self._on_operator_code)
         track = TrackRoute(plan=lambda: self._plan, save=self._saver(queue),
-                           dynamic=lambda: self.dynamic, clock=self.clock)
+                           dynamic=lambda: self.dynamic, clock=self.clock,
+                           promo=lambda: self.config.promo)
         self.agi = AgiServer(build_routes(track), host=cfg.agi.host, port=cfg.agi.port,
                              max_sessions=cfg.agi.max_sessions,
                              session_timeout=cfg.agi.session_timeout,
@@ -129,6 +158,12 @@ class Daemon:
             self.web_address = await self.web.start()
         if self.dynamic is not None:
             self._watch(asyncio.create_task(self._pool_housekeeping(), name="pools"))
+        # Always scheduled: a reload may turn retention on; off, a round does nothing.
+        self.retention = RetentionTask(lambda: self.config, self.store.write, cfg.store.path)
+        self._watch(asyncio.create_task(self.retention.run_forever(), name="retention"))
+        if cfg.hooks:
+            self._start_hooks()
+        self._watch(asyncio.create_task(self.judge.run(), name="judge"))
         self._watch(asyncio.create_task(self.consumer.run(), name="ami-consumer"))
         await self.ami.start()
         self._watch(asyncio.create_task(self.ami.wait_closed(), name="ami-link"))
@@ -152,6 +187,8 @@ class Daemon:
         if self.web is not None:
             await self.web.stop()
         cancelled = await self.agi.stop(self._stop_grace) if self.agi else 0
+        if self.hooks is not None:  # before the store closes: cut attempts are handed back
+            await self.hooks.stop(HOOK_STOP_GRACE)
         if self.ami is not None:
             await self.ami.stop()
         for task in self._tasks:
@@ -159,6 +196,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.consumer is not None:
             await self.consumer.drain()
+        if self.judge is not None:  # what the drain just saved as ended, and any cut batch
+            await self.judge.drain()
         if self.store is not None:
             if self.dynamic is not None:
                 await self._save_pool_usage()
@@ -177,15 +216,28 @@ class Daemon:
                    if getattr(new, name) != getattr(self.config, name)]
         if ignored:
             log.warning("config_needs_restart", sections=ignored)
-        if (new.pools, new.utm_rules) != (self.config.pools, self.config.utm_rules):
+        if (new.pools, new.utm_rules, new.promo.length, new.promo.code_ttl) != (
+                self.config.pools, self.config.utm_rules, self.config.promo.length,
+                self.config.promo.code_ttl):
             # A new plan forgets every lease: pages get a new number at their
-            # next heartbeat, and calls in progress lose their session.
+            # next heartbeat, and calls in progress lose their session. Promo
+            # codes pages still show are kept (never drawn again while callable).
             log.warning("pools_rebuilt", pools=[p.name for p in new.pools])
-            self.dynamic = build_dynamic(new)
+            old, self.dynamic = self.dynamic, build_dynamic(new)
+            if old is not None and self.dynamic is not None:
+                self.dynamic.adopt_codes(old)
         if new.log != self.config.log:
             configure_logging(new.log.level, new.log.format, show_numbers=new.log.show_numbers)
         if self.tracker is not None:
             self.tracker.region = new.phone_region
+            self.tracker.operator_prefix = new.promo.operator_prefix
+            self.tracker.code_length = new.promo.length
+        if new.hooks != self.config.hooks:
+            if self.hooks is not None:  # an emptied list leaves it idle until the next reload
+                self.hooks.set_hooks(new.hooks)
+            elif self.store is not None and not self._stopping.is_set():
+                self._start_hooks(new.hooks)
+            log.info("hooks_reloaded", hooks=[h.name for h in new.hooks])
         # What runs keeps its running settings, so the next reload still
         # warns about them until the restart.
         self.config = replace(new, **{name: getattr(self.config, name) for name in ignored})
@@ -242,6 +294,62 @@ class Daemon:
             await self.store.save_pool_usage(rows)
         except Exception as exc:  # usage figures are worth a retry, never the daemon
             log.error("pool_usage_save_failed", error=repr(exc))
+
+    async def _save_progress(self, records: list[CallProgress]) -> None:
+        """The consumer's save; once committed, the ended calls go to the judge."""
+        assert self.store is not None and self.judge is not None
+        await self.store.save_progress(records)
+        self.judge.submit(p.call_id for p in records if p.ended_at is not None)
+
+    def _hook_enqueuer(self) -> Callable[..., int] | None:
+        """The outbox's enqueue with the configured hooks bound (None: no hooks, no payloads)."""
+        hooks = self.config.hooks
+        if not hooks:
+            return None
+        return lambda conn, event, call_id, payload, now: enqueue_hook(
+            conn, hooks, event, call_id, payload, now)
+
+    def _judged(self, judged: Judged) -> None:
+        if judged.hooks:
+            self.nudge_hooks()
+
+    def nudge_hooks(self) -> None:
+        """Deliver now what was just enqueued (the judge calls it after its commit)."""
+        if self.hooks is not None:
+            self.hooks.nudge()
+
+    def _start_hooks(self, hooks: tuple[HookConfig, ...] | None = None) -> None:
+        """The hook dispatcher, on its own connection to the store (hooks/dispatcher.py)."""
+        cfg = self.config
+        self.hooks = Dispatcher(
+            lambda: queries.connect(cfg.store.path, readonly=False,
+                                    synchronous=cfg.store.synchronous),
+            cfg.hooks if hooks is None else hooks)
+        self._watch(self.hooks.start(), owned=False)  # stopped by stop(), with a grace
+
+    async def _save_outbound(self, calls: list[OutboundAnswered]) -> None:
+        """Answered outbound calls: they take their number off the callback list."""
+        assert self.store is not None
+        await self.store.write(UPSERT_OUTBOUND, outbound_rows(calls))
+
+    async def _on_operator_code(self, keyed: OperatorCodeKeyed) -> None:
+        """The operator keyed `*` + a code: re-attribute the call in the store.
+
+        Codes live on the plan's clock, so the lookup is at `self.clock()`
+        (a moment after the key press), not at Asterisk's timestamp.
+        """
+        assert self.store is not None
+        stored = await read_attribution(self.store.path, keyed.call_id)
+        new = self.operator_codes.resolve(self._plan, self.dynamic, stored, keyed, self.clock())
+        if new is None:
+            log.info("operator_code_ignored", call_id=keyed.call_id, code=keyed.code,
+                     reason="caller_code_matched")
+            return
+        await self.store.write(UPSERT_PROMO, [promo_params(new)])
+        log.info("operator_code_applied", call_id=keyed.call_id, code=keyed.code,
+                 status=new.promo_status.value if new.promo_status else None,
+                 endpoint=keyed.endpoint, tracking=new.tracking.value, channel=new.channel,
+                 session_id=new.session_id)
 
     async def _request_snapshot(self) -> list[Any]:
         assert self.ami is not None

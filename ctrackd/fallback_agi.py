@@ -7,6 +7,11 @@ daemon would have (same config, same core function `attribute_static`, same
 store, same channel variables), so the call is tracked all the same, marked
 `tracking=fallback`.
 
+A promo line is forwarded without asking for the code: the sessions that
+hold codes live in the daemon's memory, so no code could match here, and the
+caller would only wait longer for nothing. The record keeps the number's
+channel with `promo_status=no_input` and the note `promo_not_asked`.
+
     ctrackd-agi track  [CONFIG]   attribute the call, write it, set the variables
     ctrackd-agi hangup [CONFIG]   in the hang-up handler: close the record
 
@@ -142,7 +147,7 @@ def _channel_start(agi: Any) -> float:
 def _attribute(config: Config, env: dict[str, str], call_id: str, now: float) -> Attribution:
     from dataclasses import replace
 
-    from ctrackd.attribution.attribute import attribute_call
+    from ctrackd.attribution.attribute import attribute_call, is_promo_line, promo_not_asked
     from ctrackd.attribution.plan import fallback_attribution
     from ctrackd.attribution.records import Tracking
 
@@ -151,9 +156,11 @@ def _attribute(config: Config, env: dict[str, str], call_id: str, now: float) ->
     caller_name = _env(env, "agi_calleridname")
     try:
         # no live sessions here: a pool number still goes to its pool's target
-        return attribute_call(plan, None, call_id=call_id, did=did,
-                              caller=_env(env, "agi_callerid"), caller_name=caller_name,
-                              now=now, pools=config.pools, tracking=Tracking.FALLBACK)
+        attribution = attribute_call(plan, None, call_id=call_id, did=did,
+                                     caller=_env(env, "agi_callerid"), caller_name=caller_name,
+                                     now=now, pools=config.pools, tracking=Tracking.FALLBACK)
+        # nor promo codes: a promo line is forwarded without asking (module docstring)
+        return promo_not_asked(attribution) if is_promo_line(plan, attribution) else attribution
     except Exception as exc:  # still forward to the default target, and say why
         _log("call_attribution_failed", call_id=call_id, error=_describe(exc), traceback=True)
         fallback = fallback_attribution(plan, call_id=call_id, did=did, caller=None,
@@ -231,8 +238,29 @@ def hangup(agi: Any, config_path: str, *, now: float | None = None) -> None:
         progress.finish(status, ended_at, CLOSE_REASON)
         # only_if_open: if the daemon closed it meanwhile, its record stays
         queries.save_progress(conn, [progress], only_if_open=True)
+        _judge(conn, config, call_id, ended_at)
     finally:
         conn.close()
+
+
+def _judge(conn: Any, config: Config, call_id: str, now: float) -> None:
+    """First time or repeat, target or not, the missed-call hook: as the daemon would.
+
+    A separate short transaction after the record's: a failure here costs the
+    verdict only (the daemon's start sweep judges what is left), never the record.
+    """
+    from ctrackd.store.judge import judge_calls
+
+    enqueue = None
+    if config.hooks:  # the outbox's enqueue with this config's hooks bound
+        from ctrackd.hooks.outbox import enqueue as enqueue_hook
+        hooks = config.hooks
+        enqueue = (lambda conn, event, call_id, payload, now:  # noqa: E731
+                   enqueue_hook(conn, hooks, event, call_id, payload, now))
+    try:
+        judge_calls(conn, [call_id], rules=config.target_rule, now=now, enqueue=enqueue)
+    except Exception as exc:
+        _log("call_judge_failed", call_id=call_id, error=_describe(exc))
 
 
 def _read_hangup_variables(agi: Any) -> dict[str, str]:

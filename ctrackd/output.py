@@ -159,6 +159,24 @@ def mask_number(number: str | None) -> str:
     return masked(number)
 
 
+def waiting(seconds: float | None) -> str:
+    """`12m`, `3h 05m`, `2d 04h`: how long somebody has waited, at a glance."""
+    if seconds is None:
+        return "-"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def yes_no(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
 def percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.0f}%"
 

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from ctrackd import cli, output
+from ctrackd.attribution.plan import TargetRule
 from ctrackd.attribution.records import Attribution, CallProgress, CallStatus, Tracking
-from ctrackd.store import queries, schema
+from ctrackd.store import judge, queries, schema
 
 LONG_CHANNEL = "a-channel-with-a-really-very-long-key-name"
 CONFIG = f"""\
@@ -57,6 +58,9 @@ def save_call(path: Path, call_id: str, *, ago: float, channel: str | None = "go
     if ended:
         p.finish(status, started + 95, "hangup")
     queries.save_progress(conn, [p])
+    if ended:  # as the daemon does once a call has ended
+        judge.judge_calls(conn, [call_id], rules=lambda channel: ("default", TargetRule()),
+                          now=time.time())
     conn.close()
 
 
@@ -135,6 +139,10 @@ def test_calls_json_is_one_array_of_the_documented_fields(
     assert code == 0 and [c["call_id"] for c in calls] == ["now", "new", "mid", "old"]
     assert all(tuple(c) == queries.CALL_FIELDS for c in calls)
     assert calls[1]["recording"] == "/rec/new.wav" and calls[2]["recording"] is None
+    # judged once ended: "new" (87 s of talk) is a target call; "mid" repeats "new"'s caller
+    assert [(c["first_time"], c["target"]) for c in calls] == [
+        (None, None), (False, True), (True, False), (True, False)]
+    assert calls[1]["target_rule"] == "default: answered, talk 87 s >= 30 s"
     assert calls[1]["started_at"].endswith("Z") and calls[0]["ended_at"] is None
 
 
@@ -187,10 +195,12 @@ def test_report_table_and_json(capsys: pytest.CaptureFixture[str], store: Path,
     lines = out.splitlines()
     assert code == 0 and max(output.cell_width(line) for line in lines) <= 80
     assert lines[0].split()[:3] == ["CHANNEL", "CALLS", "ANSWERED"]
-    assert lines[-1].split() == ["TOTAL", "4", "1", "2", "2", "25%", "1:06", "1:27"]
+    assert lines[0].split()[3:5] == ["MISSED", "TARGET"]
+    assert lines[-1].split() == ["TOTAL", "4", "1", "2", "1", "2", "25%", "1:06", "1:27"]
     code, out, _ = run(capsys, "report", "-c", str(config), "--by", "day", "--format", "json")
     rows = json.loads(out)
     assert code == 0 and rows[-1]["is_total"] and rows[-1]["calls"] == 4
+    assert rows[-1]["target"] == 1 and sum(r["target"] for r in rows[:-1]) == 1
     assert sum(r["calls"] for r in rows[:-1]) == 4 and "day" in rows[0]
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ctrackd"
-ADAPTERS = {"agi", "ami", "store", "web"}
+ADAPTERS = {"agi", "ami", "store", "web", "hooks"}
 # Leaf modules any adapter may use: they import no adapter themselves.
-SHARED = {"variables", "logs", "config", "configschema", "configdynamic"}
+SHARED = {"variables", "logs", "config", "configschema", "configdynamic", "configcalls"}
 IO_MODULES = {"asyncio", "aiosqlite", "sqlite3", "panoramisk", "structlog", "aiohttp", "socket",
-              "logging", "os", "time"}
+              "logging", "os", "time", "random", "secrets", "shutil", "subprocess"}
 
 
 def ctrackd_imports(path: Path) -> set[str]:

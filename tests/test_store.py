@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ctrackd.attribution.plan import TargetRule
 from ctrackd.attribution.records import (
     NOT_STORED,
     Attribution,
@@ -25,7 +26,7 @@ from ctrackd.attribution.records import (
     CallStatus,
     Tracking,
 )
-from ctrackd.store import queries, schema
+from ctrackd.store import judge, queries, schema
 from ctrackd.store.database import Store
 from ctrackd.store.schema import SchemaTooNewError, StoreError
 
@@ -322,6 +323,9 @@ def filled(tmp_path: Path) -> sqlite3.Connection:
         queries.save_progress(conn, [progress(call_id, started_at=started, status=status,
                                               answered_after=answered, ended_after=ended,
                                               caller=caller)])
+    # the default rule (answered, 30 s of talk): c1 (60 s) and c3 (120 s) are target calls
+    judge.judge_calls(conn, [p[0] for p in plan], rules=lambda channel: ("default", TargetRule()),
+                      now=T0 + 86400)
     return queries.connect(tmp_path / "calls.sqlite3", readonly=True)
 
 
@@ -352,8 +356,32 @@ def test_a_call_dict_has_the_contract_fields(filled: sqlite3.Connection) -> None
     assert c1["recording"] == "/var/spool/asterisk/monitor/ctrackd-1700_1.wav"
     assert c2["recording"] is None  # not answered: nothing was recorded
     assert (c1["ring_seconds"], c1["talk_seconds"], c1["answered_by"]) == (10.0, 60.0, "PJSIP/101")
+    assert (c1["first_time"], c1["target"], c1["target_rule"]) == (
+        True, True, "default: answered, talk 60 s >= 30 s")
+    assert (c2["first_time"], c2["target"], c2["target_rule"]) == (
+        False, False, "default: not target: not answered (no_answer)")
+    assert (c1["promo_code"], c1["recording_deleted_at"], c1["recording_deleted_reason"]) == (
+        None, None, None)
     with pytest.raises(ValueError, match="unknown status"):
         queries.list_calls(filled, status="lost")
+
+
+def test_a_deleted_recording_and_a_promo_code_in_a_call_dict(tmp_path: Path) -> None:
+    from ctrackd.attribution.records import PromoEntry, PromoStatus
+    conn = writer(tmp_path / "calls.sqlite3")
+    queries.save_attribution(conn, attribution("p1", promo_code="4821",
+                                               promo_entry=PromoEntry.CALLER,
+                                               promo_status=PromoStatus.MATCHED))
+    queries.save_progress(conn, [progress("p1", answered_after=5, ended_after=65)])
+    conn.execute("UPDATE calls SET recording_deleted_at = ?, recording_deleted_reason ="
+                 " 'older than 90 days'", (T0 + 91 * 86400,))
+    call = queries.list_calls(conn)[0]
+    assert call["recording"] is None  # the file is gone: nothing to open
+    assert (call["recording_deleted_at"], call["recording_deleted_reason"]) == (
+        "2027-02-17T11:06:40Z", "older than 90 days")
+    assert (call["promo_code"], call["promo_entry"], call["promo_status"]) == (
+        "4821", "caller", "matched")
+    assert (call["first_time"], call["target"], call["target_rule"]) == (None, None, None)
 
 
 def test_changed_since_finds_recent_updates(filled: sqlite3.Connection) -> None:
@@ -367,8 +395,8 @@ def test_report_by_channel_against_a_hand_computation(filled: sqlite3.Connection
     google, billboard, none, total = rows
     # google: c1 answered (ring 10, talk 60), c2 no answer (ring 30), c3 answered (20, 120)
     assert google == {"channel": "google-ads", "calls": 3, "answered": 2, "missed": 1,
-                      "unique_callers": 2, "answer_rate": 0.667, "avg_ring_seconds": 20.0,
-                      "avg_talk_seconds": 90.0, "is_total": False}
+                      "target": 2, "unique_callers": 2, "answer_rate": 0.667,
+                      "avg_ring_seconds": 20.0, "avg_talk_seconds": 90.0, "is_total": False}
     # billboard: c4 busy (ring 4), c5 abandoned (ring 12), c5's caller withheld
     assert (billboard["calls"], billboard["missed"], billboard["unique_callers"],
             billboard["answer_rate"], billboard["avg_ring_seconds"],
@@ -376,8 +404,8 @@ def test_report_by_channel_against_a_hand_computation(filled: sqlite3.Connection
     assert (none["channel"], none["calls"], none["avg_ring_seconds"]) == (None, 1, None)
     # total: ring (10 + 30 + 20 + 4 + 12) / 5 ended calls; 4 distinct numbers
     assert total == {"channel": None, "calls": 6, "answered": 2, "missed": 3,
-                     "unique_callers": 4, "answer_rate": 0.333, "avg_ring_seconds": 15.2,
-                     "avg_talk_seconds": 90.0, "is_total": True}
+                     "target": 2, "unique_callers": 4, "answer_rate": 0.333,
+                     "avg_ring_seconds": 15.2, "avg_talk_seconds": 90.0, "is_total": True}
 
 
 def test_report_by_day(filled: sqlite3.Connection) -> None:
@@ -387,8 +415,8 @@ def test_report_by_day(filled: sqlite3.Connection) -> None:
         ("2026-11-18", 6, False), (None, 6, True)]
     # In UTC+11 c1 and c2 start at 22:06 and 23:06 on the 18th, the rest on the 19th.
     rows = queries.report(filled, by="day", tz=timezone(timedelta(hours=11)), since=T0 + 3600)
-    assert [(r["day"], r["calls"], r["answered"]) for r in rows] == [
-        ("2026-11-18", 1, 0), ("2026-11-19", 4, 1), (None, 5, 1)]
+    assert [(r["day"], r["calls"], r["answered"], r["target"]) for r in rows] == [
+        ("2026-11-18", 1, 0, 0), ("2026-11-19", 4, 1, 1), (None, 5, 1, 1)]
 
 
 def test_report_by_day_keeps_days_without_calls(tmp_path: Path) -> None:
@@ -406,7 +434,7 @@ def test_report_on_an_empty_store(tmp_path: Path) -> None:
     conn = queries.connect(tmp_path / "calls.sqlite3", readonly=True)
     for by in ("channel", "day"):
         assert queries.report(conn, by=by) == [{
-            by: None, "calls": 0, "answered": 0, "missed": 0, "unique_callers": 0,
+            by: None, "calls": 0, "answered": 0, "missed": 0, "target": 0, "unique_callers": 0,
             "answer_rate": None, "avg_ring_seconds": None, "avg_talk_seconds": None,
             "is_total": True}]
 

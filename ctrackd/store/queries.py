@@ -12,6 +12,7 @@ block the daemon's writes, and a typo in a path cannot create an empty store.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import sqlite3
@@ -32,6 +33,8 @@ SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 
 # The writer's clock, epoch seconds with ms precision (SQLite 3.40 has no unixepoch('subsec')).
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+#: the same, for statements written elsewhere (`updated_at` always comes from the writer)
+WRITER_NOW = _NOW
 
 # Attribution wins for did/caller when it has them (it normalised them);
 # started_at is the earliest either side saw (the AMI side's Newchannel, or
@@ -126,10 +129,13 @@ SELECT_OPEN_PROGRESS = SELECT_PROGRESS + " WHERE ended_at IS NULL ORDER BY start
 CALL_FIELDS = ("call_id", "started_at", "did", "caller", "channel", "source", "medium", "campaign",
                "status", "ring_seconds", "talk_seconds", "duration_seconds", "answered_by",
                "hangup_cause", "recording", "tracking", "label", "caller_name", "forward_to",
-               "ended_at", "note", "close_reason", "pool", "confidence", "session")
+               "ended_at", "note", "close_reason", "pool", "confidence", "session",
+               "first_time", "target", "target_rule", "promo_code", "promo_entry",
+               "promo_status", "recording_deleted_at", "recording_deleted_reason")
 _CALL_COLUMNS = tuple(f for f in CALL_FIELDS if f not in ("recording", "session")) + (
     "recording_path", "answered_at", "session_json")
-_SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM calls"
+#: every column a call dict needs; add `WHERE ...` (`call_from_row` reads the rows)
+SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM calls"
 
 #: what `list_calls(status=...)` accepts
 STATUS_FILTERS = tuple(s.value for s in CallStatus) + ("missed", "open")
@@ -216,13 +222,17 @@ def progress_from_row(row: Sequence[Any]) -> CallProgress:
 
 
 def call_from_row(row: Sequence[Any]) -> dict[str, Any]:
-    """A row of `_SELECT_CALLS` as the CLI's call dict (CALL_FIELDS, ISO times)."""
+    """A row of `SELECT_CALLS` as the CLI's call dict (CALL_FIELDS, ISO times)."""
     values = dict(zip(_CALL_COLUMNS, row))
     answered = values["answered_at"] is not None or values["status"] == CallStatus.ANSWERED
-    values["recording"] = values["recording_path"] if answered else None
+    # A recording retention deleted is no file to open: null, and the reason says why.
+    kept = values["recording_deleted_at"] is None
+    values["recording"] = values["recording_path"] if answered and kept else None
     values["session"] = json.loads(values["session_json"]) if values["session_json"] else None
-    values["started_at"] = iso_utc(values["started_at"])
-    values["ended_at"] = iso_utc(values["ended_at"])
+    for name in ("started_at", "ended_at", "recording_deleted_at"):
+        values[name] = iso_utc(values[name])
+    for name in ("first_time", "target"):  # 1/0/NULL in SQLite, true/false/null in JSON
+        values[name] = None if values[name] is None else bool(values[name])
     return {name: values[name] for name in CALL_FIELDS}
 
 
@@ -289,7 +299,7 @@ def list_calls(conn: sqlite3.Connection, *, since: float | None = None,
     if changes:
         clauses.append("(" + " OR ".join(sql for sql, _ in changes) + ")")
         params.extend(v for _, v in changes)
-    sql = _SELECT_CALLS + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    sql = SELECT_CALLS + (" WHERE " + " AND ".join(clauses) if clauses else "")
     sql += " ORDER BY started_at DESC, rowid DESC"
     if limit:
         sql += " LIMIT ?"
@@ -317,14 +327,17 @@ def report(conn: sqlite3.Connection, *, since: float | None = None, until: float
     """Per-channel or per-day figures for calls started in [since, until), then a total row.
 
     Each row: `<by>` (channel key or ISO day), calls, answered, missed
-    (MISSED_STATUSES), unique_callers (withheld numbers not counted),
-    answer_rate (answered / calls, 0..1), avg_ring_seconds (ended calls),
-    avg_talk_seconds (answered calls), is_total. Days are calendar days in
-    `tz` (None: this machine's local time, DST included). SQLite aggregates;
-    unique callers come from the (channel, caller) and (caller) indexes,
-    because COUNT(DISTINCT) over the rows is what costs on millions of calls.
+    (MISSED_STATUSES), target (calls judged target calls), unique_callers
+    (withheld numbers not counted), answer_rate (answered / calls, 0..1),
+    avg_ring_seconds (ended calls), avg_talk_seconds (answered calls),
+    is_total. Days are calendar days in `tz` (None: this machine's local
+    time, DST included). SQLite aggregates; unique callers come from the
+    (channel, caller) and (caller) indexes, because COUNT(DISTINCT) over the
+    rows is what costs on millions of calls; target calls from the partial
+    index calls_target (a third of the time reading `target` off every row took).
     """
     where, params = _range(since, until)
+    targets: dict[Any, int]
     if by == "channel":
         # (channel, started_at) visits each channel's rows about in table
         # order; left alone, SQLite may walk (channel, caller) and jump all
@@ -335,22 +348,45 @@ def report(conn: sqlite3.Connection, *, since: float | None = None, until: float
         unique = dict(conn.execute(f"SELECT channel, COUNT(DISTINCT caller) FROM calls{where}"
                                    " GROUP BY channel", params).fetchall())
         grouped = [(*row, unique[row[0]]) for row in groups]
+        targets = dict(conn.execute(
+            f"SELECT channel, COUNT(*) FROM calls INDEXED BY calls_target{where}"
+            f"{' AND' if where else ' WHERE'} target = 1 GROUP BY channel", params).fetchall())
     elif by == "day":
         # Days as one JSON parameter: a LEFT JOIN keeps the days without calls.
+        days = _days(conn, since, until, tz)
         grouped = conn.execute(
             "WITH days(day, lo, hi) AS (SELECT json_extract(value, '$[0]'),"
             " json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))"
             f" SELECT day, {_SUMS}, COUNT(DISTINCT caller) FROM days LEFT JOIN calls"
             " ON calls.started_at >= days.lo AND calls.started_at < days.hi"
-            " GROUP BY day ORDER BY day", (json.dumps(_days(conn, since, until, tz)),)).fetchall()
+            " GROUP BY day ORDER BY day", (json.dumps(days),)).fetchall()
+        targets = _targets_by_day(conn, where, params, days)
     else:
         raise ValueError(f"report by {by!r}: expected channel or day")
     callers = " AND ".join([where.removeprefix(" WHERE ") or "1", "caller IS NOT NULL"])
     unique_total = conn.execute(f"SELECT COUNT(*) FROM (SELECT DISTINCT caller FROM calls"
                                 f" WHERE {callers})", params).fetchone()[0]
     sums = [sum(row[i] for row in grouped) for i in range(1, 8)]
-    return ([_figures(by, row[0], row[1:8], row[8], is_total=False) for row in grouped]
-            + [_figures(by, None, sums, unique_total, is_total=True)])
+    rows = [_figures(by, row[0], row[1:8], targets.get(row[0], 0), row[8], is_total=False)
+            for row in grouped]
+    return rows + [_figures(by, None, sums, sum(r["target"] for r in rows), unique_total,
+                            is_total=True)]
+
+
+def _targets_by_day(conn: sqlite3.Connection, where: str, params: list[float],
+                    days: list[tuple[str, float, float]]) -> dict[Any, int]:
+    """Target calls per day: their start times off the partial index, counted into the days."""
+    counts: dict[Any, int] = {}
+    if not days:
+        return counts
+    starts = [lo for _, lo, _ in days]
+    for (started_at,) in conn.execute(
+            f"SELECT started_at FROM calls INDEXED BY calls_target{where}"
+            f"{' AND' if where else ' WHERE'} target = 1", params):
+        i = bisect.bisect_right(starts, started_at) - 1
+        if i >= 0 and started_at < days[i][2]:
+            counts[days[i][0]] = counts.get(days[i][0], 0) + 1
+    return counts
 
 
 def _range(since: float | None, until: float | None) -> tuple[str, list[float]]:
@@ -387,12 +423,12 @@ def _day_start(day: date, tz: tzinfo | None) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
 
 
-def _figures(by: str, key: Any, sums: Sequence[float], unique_callers: int, *,
+def _figures(by: str, key: Any, sums: Sequence[float], target: int, unique_callers: int, *,
              is_total: bool) -> dict[str, Any]:
     calls, answered, missed, ring, rings, talk, talks = sums
     calls, answered, missed = int(calls), int(answered), int(missed)
     return {by: key, "calls": calls, "answered": answered, "missed": missed,
-            "unique_callers": unique_callers,
+            "target": int(target), "unique_callers": unique_callers,
             "answer_rate": round(answered / calls, 3) if calls else None,
             "avg_ring_seconds": round(ring / rings, 1) if rings else None,
             "avg_talk_seconds": round(talk / talks, 1) if talks else None, "is_total": is_total}
