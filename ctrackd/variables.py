@@ -28,7 +28,7 @@ RING_TIMEOUT_VAR = "CTRACK_RING_TIMEOUT"
 RECORDING_VAR = "CTRACK_RECORDING"
 CALLERID_NAME_VAR = "CTRACK_CALLERID_NAME"
 TRACKING_VAR = "CTRACK_TRACKING"
-#: the promo code the caller keyed (empty when none matched)
+#: the digits the caller keyed on a promo line (CTRACK_TRACKING says whether they matched)
 PROMO_CODE_VAR = "CTRACK_PROMO_CODE"
 #: operator tagging: a sound played to the operator before the bridge (Dial U()),
 #: and "1" to add X-CTrack-* headers to the operator's INVITE (Dial b() pre-dial handler)

@@ -222,8 +222,8 @@ def test_no_hooks_no_payload(config: Config) -> None:
 
 def test_the_sweep_finds_recent_unjudged_calls(config: Config) -> None:
     save(config, "old", ago=5 * 24 * HOUR, judged=False)
-    save(config, "recent", ago=HOUR, judged=False)
-    save(config, "done", ago=HOUR / 2)
+    save(config, "recent", ago=HOUR / 4, judged=False)
+    save(config, "done", ago=HOUR / 8)
     save(config, "open", ago=60, ended=False)
     conn = writer(config)
     try:

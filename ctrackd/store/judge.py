@@ -45,9 +45,11 @@ Rules = Callable[[str | None], tuple[str, TargetRule]]
 #: not import the hooks package (adapters stay apart); the roots bind it.
 EnqueueHook = Callable[[sqlite3.Connection, str, str | None, Mapping[str, Any], float], int]
 
-#: how far back the daemon looks at start for ended calls nobody judged
-#: (a crash between the save and the judging)
-SWEEP_SECONDS = 2 * 86400.0
+#: how far back the daemon looks at start for ended calls nobody judged (a
+#: crash between the save and the judging: systemd restarts us in seconds).
+#: Short on purpose: the sweep fires missed-call hooks, and the first start
+#: after the upgrade to schema 4 finds every older call unjudged.
+SWEEP_SECONDS = 3600.0
 
 _SELECT = ("SELECT call_id, caller, channel, status, talk_seconds, started_at, target,"
            " previous_call_at FROM calls")
