@@ -96,7 +96,50 @@ def check_config_command(args: argparse.Namespace) -> int:
     web = f", web on {config.web.host}:{config.web.port}" if config.web else ""
     print(f"{args.config}: ok: {len(config.channels)} channels, {len(config.numbers)} numbers,"
           f" {len(config.pools)} pools ({pools} numbers){web}, store {config.store.path}")
+    for line in _config_details(config):
+        print(f"  {line}")
     return 0
+
+
+def _config_details(config: Any) -> list[str]:
+    """What the settings that act on their own will do, read back in words.
+
+    An admin checks these before a reload: a retention limit or a hook that
+    is not what was meant deletes recordings or posts calls somewhere.
+    """
+    rule = config.targets
+    lines = [f"target calls: {'answered, ' if rule.answered else ''}talk >= "
+             f"{rule.min_talk_seconds:g} s"
+             + (f", first call in {rule.unique_days} days" if rule.unique_days else "")
+             + "".join(f"; {key}: own rule" for key, ch in config.channels.items() if ch.target)]
+    promo_lines = [did for did, n in config.numbers.items() if n.tracking == "promo"]
+    if promo_lines:
+        lines.append(f"promo lines: {', '.join(promo_lines)} (codes of {config.promo.length}"
+                     f" digits, {config.promo.attempts} tries)"
+                     + ("" if config.web else "; no web: section, so no code can match"))
+    for hook in config.hooks:
+        target = hook.url if hook.url else " ".join(hook.command)
+        lines.append(f"hook {hook.name}: {', '.join(hook.events)} -> {target}"
+                     + (" (signed)" if hook.secret else ""))
+    retention = config.recordings.retention
+    if retention.enabled:
+        limits = [f"older than {retention.max_age_days:g} days" if retention.max_age_days else "",
+                  f"folder over {_size(retention.max_bytes)}" if retention.max_bytes else "",
+                  f"less than {_size(retention.min_free_bytes)} free"
+                  if retention.min_free_bytes else ""]
+        lines.append(f"retention in {config.recordings.dir}: delete when "
+                     + ", ".join(limit for limit in limits if limit)
+                     + f"; every {retention.interval:g} s" + (" (dry run)" if retention.dry_run
+                                                             else ""))
+    return lines
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:g} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return f"{count:.1f} TiB"
 
 
 def load_config(path: str) -> Any:

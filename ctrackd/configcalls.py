@@ -8,6 +8,7 @@ holds; the checks and error wording are the same (configschema.Reader).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import yaml
@@ -21,9 +22,12 @@ from ctrackd.configschema import KEY, Node, Reader
 SOUND = re.compile(r"^/?[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
 SOUND_EXPECTED = ("a sound file name without extension, such as custom/whisper-yandex"
                   " (letters, digits, '_', '-', '/')")
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)B?$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-SIZE_EXPECTED = "a size such as 500M, 20G or 1T (bytes when no unit)"
+# A unit is required: a bare `50` meant as 50 GB would be read as 50 bytes
+# and retention would delete nearly every recording.
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(B|[KMGT](?:i?B)?)$", re.IGNORECASE)
+_SIZE_UNITS = {"B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+SIZE_EXPECTED = ("a size with its unit, such as 500M, 20G or 1T (B, K, M, G, T; powers of"
+                 " 1024)")
 HOOK_EVENTS = ("missed",)
 
 
@@ -31,13 +35,16 @@ HOOK_EVENTS = ("missed",)
 class PromoConfig:
     """Promo codes: every visitor session gets one; promo lines ask callers for it."""
 
-    length: int = 4                 # digits per code
+    length: int = 5                 # digits per code, the check digit included
     code_ttl: float = 86400.0       # seconds a code stays callable after the session's last view
     prompt: str = "beep"            # sound played to ask for the code (GET DATA)
     retry_prompt: str | None = None  # sound before another try (None: the prompt again)
     digit_timeout: float = 8.0      # seconds the caller has to key the code
     attempts: int = 2               # tries before the call falls back to the number's channel
     operator_prefix: str = "*"      # what the operator keys before the code
+    # The last digit is a Damm check digit over the others: a mistyped digit or two
+    # swapped neighbours make no code, instead of another visitor's.
+    check_digit: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,11 @@ class RetentionConfig:
 
 
 def parse_size(text: str) -> int | None:
-    """`20G` -> bytes (binary units); None when it is no size."""
+    """`20G`, `20GB`, `20GiB` -> bytes (binary units); None when it is no size or has no unit."""
     match = _SIZE.match(text.strip())
     if not match:
         return None
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)[0].upper()])
 
 
 def size(r: Reader, node: Node | None, path: str) -> int | None:
@@ -101,11 +108,12 @@ def promo_section(r: Reader, node: Node | None) -> PromoConfig:
     if node is None:
         return PromoConfig()
     m = r.mapping(node, "promo", {"length", "code_ttl", "prompt", "retry_prompt",
-                                  "digit_timeout", "attempts", "operator_prefix"})
+                                  "digit_timeout", "attempts", "operator_prefix",
+                                  "check_digit"})
     prefix = r.choice_text(m.get("operator_prefix"), "promo.operator_prefix", {"*", "#"},
                            default="*")
     return PromoConfig(
-        length=r.integer(m.get("length"), "promo.length", default=4, low=3, high=8),
+        length=r.integer(m.get("length"), "promo.length", default=5, low=3, high=8),
         code_ttl=r.number(m.get("code_ttl"), "promo.code_ttl", default=86400.0, low=60,
                           high=90 * 86400),
         prompt=sound(r, m.get("prompt"), "promo.prompt") or "beep",
@@ -114,6 +122,7 @@ def promo_section(r: Reader, node: Node | None) -> PromoConfig:
                                low=1, high=60),
         attempts=r.integer(m.get("attempts"), "promo.attempts", default=2, low=1, high=5),
         operator_prefix=prefix,
+        check_digit=r.boolean(m.get("check_digit"), "promo.check_digit", default=True),
     )
 
 
@@ -177,8 +186,8 @@ def retention_section(r: Reader, node: Node | None) -> RetentionConfig:
     m = r.mapping(node, path, {"max_age_days", "max_size", "min_free", "interval", "dry_run"})
     age = m.get("max_age_days")
     return RetentionConfig(
-        max_age_days=(r.number(age, f"{path}.max_age_days", default=0.0, low=0.01, high=36500)
-                      if age is not None else None),
+        max_age_days=(r.number(age, f"{path}.max_age_days", default=0.0, low=0.01, high=36500,
+                               unit="days") if age is not None else None),
         max_bytes=size(r, m.get("max_size"), f"{path}.max_size"),
         min_free_bytes=size(r, m.get("min_free"), f"{path}.min_free"),
         interval=r.number(m.get("interval"), f"{path}.interval", default=3600.0, low=10,
@@ -208,3 +217,111 @@ def _argv(r: Reader, node: Node, path: str) -> tuple[str, ...]:
     if not argv[0].startswith("/"):
         r.fail(node.value[0], path, "an absolute path to the program", repr(argv[0]))
     return argv
+
+
+# -- exports (docs/exports.md) ----------------------------------------------------
+
+GA4_ENDPOINT = "https://www.google-analytics.com/mp/collect"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True)
+class Ga4Config:
+    """GA4 Measurement Protocol: where `ctrackd export ga4 --send` posts."""
+
+    measurement_id: str | None = None            # G-XXXXXXXXXX
+    api_secret: str | None = field(default=None, repr=False)
+    endpoint: str = GA4_ENDPOINT                 # tests point it at a local receiver
+    event_name: str = "phone_call"
+
+
+@dataclass(frozen=True)
+class ExportsConfig:
+    """Offline conversions: what a call is worth and how the receiving systems name it."""
+
+    value: float | None = None                   # per qualifying call, when no channel value
+    currency: str | None = None                  # ISO 4217, e.g. RUB
+    channel_values: dict[str, float] = field(default_factory=dict)
+    timezone: str = "UTC"                        # Google Ads files: Parameters:TimeZone
+    call_conversion: str = "Phone call"          # Google Ads conversion action (calls)
+    click_conversion: str = "Phone call"         # Google Ads conversion action (clicks)
+    call_tracker_url: str | None = None          # Metrica CallTrackerURL; {call_id} filled in
+    ga4: Ga4Config = field(default_factory=Ga4Config)
+
+    def value_for(self, channel: str | None) -> float | None:
+        """The channel's own value, else the global one (None: no value column filled)."""
+        if channel is not None and channel in self.channel_values:
+            return self.channel_values[channel]
+        return self.value
+
+
+def exports_section(r: Reader, node: Node | None, channels: Iterable[str]) -> ExportsConfig:
+    if node is None:
+        return ExportsConfig()
+    m = r.mapping(node, "exports", {"value", "currency", "values", "timezone", "google_ads",
+                                    "call_tracker_url", "ga4"})
+    values: dict[str, float] = {}
+    known = set(channels)
+    if "values" in m:
+        for key_node, value in r.entries(m["values"], "exports.values"):
+            key = r.scalar_text(key_node)
+            if key not in known:
+                r.fail(key_node, "exports.values", "a channel key (" + (", ".join(sorted(known))
+                       or "none defined") + ")", repr(key))
+            values[key] = r.number(value, f"exports.values.{key}", default=0.0, low=0,
+                                   high=1e12)
+    currency = r.text(m.get("currency"), "exports.currency", default=None)
+    if currency is not None and not _CURRENCY.match(currency):
+        r.fail(m["currency"], "exports.currency", "a three-letter ISO 4217 code such as RUB",
+               repr(currency))
+    timezone = r.text(m.get("timezone"), "exports.timezone", default="UTC")
+    if not _is_zone(timezone):
+        r.fail(m["timezone"], "exports.timezone", "a time zone name such as Europe/Moscow",
+               repr(timezone))
+    g = r.mapping(m["google_ads"], "exports.google_ads", {"call_conversion",
+                                                          "click_conversion"}) \
+        if "google_ads" in m else {}
+    value = m.get("value")
+    return ExportsConfig(
+        value=r.number(value, "exports.value", default=0.0, low=0, high=1e12)
+        if value is not None else None,
+        currency=currency, channel_values=values, timezone=timezone,
+        call_conversion=r.text(g.get("call_conversion"), "exports.google_ads.call_conversion",
+                               default="Phone call"),
+        click_conversion=r.text(g.get("click_conversion"),
+                                "exports.google_ads.click_conversion", default="Phone call"),
+        call_tracker_url=_url(r, m.get("call_tracker_url"), "exports.call_tracker_url"),
+        ga4=_ga4(r, m.get("ga4")))
+
+
+def _ga4(r: Reader, node: Node | None) -> Ga4Config:
+    if node is None:
+        return Ga4Config()
+    m = r.mapping(node, "exports.ga4", {"measurement_id", "api_secret", "endpoint",
+                                        "event_name"})
+    name = r.text(m.get("event_name"), "exports.ga4.event_name", default="phone_call")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,39}$", name):
+        r.fail(m["event_name"], "exports.ga4.event_name", "an event name of letters, digits"
+               " and '_', starting with a letter, at most 40 characters", repr(name))
+    return Ga4Config(
+        measurement_id=r.text(m.get("measurement_id"), "exports.ga4.measurement_id",
+                              default=None),
+        api_secret=r.text(m.get("api_secret"), "exports.ga4.api_secret", default=None),
+        endpoint=_url(r, m.get("endpoint"), "exports.ga4.endpoint") or GA4_ENDPOINT,
+        event_name=name)
+
+
+def _url(r: Reader, node: Node | None, path: str) -> str | None:
+    url = r.text(node, path, default=None)
+    if url is not None and not re.match(r"^https?://[^\s/]+", url):
+        r.fail(node, path, "an http:// or https:// URL", repr(url))
+    return url
+
+
+def _is_zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

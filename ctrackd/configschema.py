@@ -136,16 +136,16 @@ class Reader:
         return value
 
     def number(self, node: Node | None, path: str, *, default: float, low: float,
-               high: float) -> float:
+               high: float, unit: str = "seconds") -> float:
         if node is None:
             return default
         text = self.scalar_text(node) if isinstance(node, yaml.ScalarNode) else None
+        expected = f"a number of {unit} from {low:g} to {high:g}"
         if text is None or not _FLOAT.match(text):
-            self.fail(node, path, f"a number of seconds from {low:g} to {high:g}",
-                      self.describe(node))
+            self.fail(node, path, expected, self.describe(node))
         value = float(text)
         if not low <= value <= high:
-            self.fail(node, path, f"a number of seconds from {low:g} to {high:g}", f"{value:g}")
+            self.fail(node, path, expected, f"{value:g}")
         return value
 
     def boolean(self, node: Node | None, path: str, *, default: bool) -> bool:

@@ -96,8 +96,24 @@ def run(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str, str]
 def test_check_config(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, out, _ = run(capsys, "check-config", "-c", str(config))
     assert code == 0
-    assert out.strip() == (f"{config}: ok: 2 channels, 1 numbers, 0 pools (0 numbers),"
-                           f" store {config.parent / 'var' / 'calls.sqlite3'}")
+    assert out.splitlines() == [
+        f"{config}: ok: 2 channels, 1 numbers, 0 pools (0 numbers),"
+        f" store {config.parent / 'var' / 'calls.sqlite3'}",
+        "  target calls: answered, talk >= 30 s"]
+
+
+def test_check_config_reads_back_what_acts_on_its_own(
+        capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    config.write_text(CONFIG + (
+        "targets: {min_talk_seconds: 60, unique_days: 30}\n"
+        "hooks:\n  crm: {url: 'https://crm.example.com/h', secret: s}\n"
+        "  notify: {command: [/usr/local/bin/notify]}\n"), encoding="utf-8")
+    code, out, _ = run(capsys, "check-config", "-c", str(config))
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "  target calls: answered, talk >= 60 s, first call in 30 days",
+        "  hook crm: missed -> https://crm.example.com/h (signed)",
+        "  hook notify: missed -> /usr/local/bin/notify"]
 
 
 def test_check_config_error_names_the_line(capsys: pytest.CaptureFixture[str],
