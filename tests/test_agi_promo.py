@@ -4,9 +4,12 @@ Asterisk's side replays capture agi/B (a real Asterisk 22 asking `GET DATA
 beep 8000 8` and the caller keying 4821#): the environment bytes of that
 capture, then one reply per command as Asterisk gives them (res_agi.c
 `handle_getdata()`: `200 result=4821`, `200 result=` for `#` alone,
-`200 result= (timeout)` for silence, `HANGUP` + `200 result=-1` or `511`
-when the caller hangs up, as capture agi/C shows). A visitor session holds
-code 4821, asked for over HTTP as the snippet asks.
+`200 result= (timeout)` for silence, `200 result=-1` then `HANGUP` when the
+caller hangs up during GET DATA (the reply first: res_agi writes `HANGUP` when
+its loop next sees the dead channel), `HANGUP` then `511` for a command sent
+after the hang-up, as capture agi/C shows). A visitor session holds code
+4821, asked for over HTTP as the snippet asks: codes of 4 digits without a
+check digit here, so that the capture's own dialogue replays unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from ctrackd.agi.commands import get_data
 from ctrackd.agi.protocol import parse_reply
@@ -51,13 +55,14 @@ web:
   listen: "127.0.0.1:0"
   origins: ["https://shop.example.com"]
   replace: ["+74951234567"]
-promo: {{length: 4, prompt: beep, retry_prompt: custom/try-again, digit_timeout: 8,
-        attempts: 2}}
+promo: {{length: 4, check_digit: false, prompt: beep, retry_prompt: custom/try-again,
+        digit_timeout: 8, attempts: 2}}
 """
 PAGE = "https://shop.example.com/boots?utm_source=yandex&utm_medium=cpc&utm_campaign=winter"
 OK = b"200 result=0\n"
-HANGUP_THEN_MINUS_1 = b"HANGUP\n200 result=-1\n"
-HANGUP_THEN_511 = b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n"
+DEAD = b"511 Command Not Permitted on a dead channel or intercept routine\n"
+MINUS_1_THEN_HANGUP = b"200 result=-1\nHANGUP\n"
+HANGUP_THEN_511 = b"HANGUP\n" + DEAD
 
 
 def capture_environment(captures: Path) -> bytes:
@@ -81,17 +86,21 @@ async def asterisk(port: int, env: bytes, get_data: list[Reply | None], *,
     `get_data` holds the reply to each GET DATA in turn, `answer` the reply to
     ANSWER (a callable is called when the command arrives); EXEC gets `200
     result=0`. `delay`: seconds the caller takes over each GET DATA; a None
-    reply drops the connection there. After the server's EOF, Asterisk's own
-    final HANGUP, as in every capture.
+    reply drops the connection there. Once a reply held `HANGUP`, every later
+    command is answered 511, as Asterisk answers on a dead channel. After the
+    server's EOF, Asterisk's own final HANGUP, as in every capture.
     """
     replies = iter(get_data)
+    dead = False
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(env)
     commands = []
     while line := await reader.readline():
         command = line.decode().rstrip("\n")
         commands.append(command)
-        if command == "ANSWER":
+        if dead:
+            reply = DEAD
+        elif command == "ANSWER":
             reply = answer
         elif command.startswith("GET DATA"):
             await asyncio.sleep(delay)
@@ -103,7 +112,9 @@ async def asterisk(port: int, env: bytes, get_data: list[Reply | None], *,
         if reply is None:
             writer.transport.abort()  # Asterisk gone mid-dialogue, no reply
             return commands
-        writer.write(reply() if callable(reply) else reply)
+        data = reply() if callable(reply) else reply
+        dead = dead or b"HANGUP" in data
+        writer.write(data)
     writer.write(b"HANGUP\n")
     writer.close()
     return commands
@@ -193,14 +204,30 @@ async def test_the_caller_keys_a_live_sessions_code(daemon: Daemon, captures: Pa
     ([b"200 result= (timeout)\n", b"200 result= (timeout)\n"],
      ["ANSWER", "GET DATA beep 8000 4", "GET DATA custom/try-again 8000 4", "EXEC"],
      ("static", "flyer", None, "caller", "no_input")),
-    # wrong digits, then the caller hangs up mid-prompt: what was keyed is kept,
-    # and nothing more is sent to a dead channel
-    ([b"200 result=1111\n", HANGUP_THEN_MINUS_1],
-     ["ANSWER", "GET DATA beep 8000 4", "GET DATA custom/try-again 8000 4"],
+    # wrong digits, then the caller hangs up mid-prompt: what was keyed is kept; the
+    # variables still go (-1 alone cannot tell a hang-up; a dead channel answers 511)
+    ([b"200 result=1111\n", MINUS_1_THEN_HANGUP],
+     ["ANSWER", "GET DATA beep 8000 4", "GET DATA custom/try-again 8000 4", "EXEC"],
      ("static", "flyer", "1111", "caller", "unknown")),
-    # a hang-up during the first prompt (the 511 of capture C)
-    ([HANGUP_THEN_511], ["ANSWER", "GET DATA beep 8000 4"],
+    # a hang-up before the first prompt's command (capture C: HANGUP, then 511)
+    ([HANGUP_THEN_511], ["ANSWER", "GET DATA beep 8000 4", "EXEC"],
      ("static", "flyer", None, "caller", "no_input")),
+    # "key the code, then hash": 1111# ends at the 4th digit, the leftover `#` ends the
+    # retry at once (`200 result=`); that is no skip: the retry is asked again
+    ([b"200 result=1111\n", b"200 result=\n", b"200 result=4821\n"],
+     ["ANSWER", "GET DATA beep 8000 4", "GET DATA custom/try-again 8000 4",
+      "GET DATA custom/try-again 8000 4", "EXEC"],
+     ("promo", "yandex", "4821", "caller", "matched")),
+    # ...only once: a second empty answer is the caller's own `#`, and the digits keyed
+    # before stay in the record
+    ([b"200 result=1111\n", b"200 result=\n", b"200 result=\n"],
+     ["ANSWER", "GET DATA beep 8000 4", "GET DATA custom/try-again 8000 4",
+      "GET DATA custom/try-again 8000 4", "EXEC"],
+     ("static", "flyer", "1111", "caller", "skipped")),
+    # an empty answer after digits that ran out in silence is a real `#`
+    ([b"200 result=11 (timeout)\n", b"200 result=\n"],
+     ["ANSWER", "GET DATA beep 8000 4", "GET DATA custom/try-again 8000 4", "EXEC"],
+     ("static", "flyer", "11", "caller", "skipped")),
 ])
 async def test_what_the_caller_keys_and_what_the_record_says(
         daemon: Daemon, captures: Path, get_data: list[bytes], commands: list[str],
@@ -236,7 +263,7 @@ async def test_a_connection_dropped_mid_prompt_still_finishes_the_record(
     ("200 result=", ("", False)),                  # '#' alone
     ("200 result= (timeout)", ("", True)),         # nothing keyed
     ("200 result=48 (timeout)", ("48", True)),     # the caller stopped keying
-    ("200 result=-1", (None, False)),              # hang-up
+    ("200 result=-1", (None, False)),              # hang-up, or the prompt cannot play
     ("511 Command Not Permitted on a dead channel or intercept routine", (None, False)),
 ])
 def test_get_data_replies(reply: str, expected: tuple) -> None:
@@ -254,8 +281,35 @@ async def test_a_caller_gone_before_the_answer_keeps_the_record(daemon: Daemon,
                                                                 captures: Path) -> None:
     received = await asterisk(daemon.agi_address[1], capture_environment(captures), [],
                               answer=HANGUP_THEN_511)
-    assert received == ["ANSWER"]
+    assert [c.split(" ", 1)[0] for c in received] == ["ANSWER", "EXEC"]  # answered 511
     assert fields(record(daemon)) == ("static", "flyer", None, "caller", "no_input")
+
+
+async def test_a_prompt_that_cannot_play_still_forwards_the_call(daemon: Daemon,
+                                                                 captures: Path) -> None:
+    """`200 result=-1` and no HANGUP: the prompt file is missing (ast_app_getdata_full()
+    returns early on a live channel). The call must still get its variables, or the
+    dialplan's fallback would forward it and ctrackd-agi overwrite the record."""
+    await visit(daemon)
+    with capture_logs() as logs:
+        received = await asterisk(daemon.agi_address[1], capture_environment(captures),
+                                  [b"200 result=-1\n"])
+    assert [c.split(" ", 1)[0] if c.startswith("EXEC") else c for c in received] == [
+        "ANSWER", "GET DATA beep 8000 4", "EXEC"]
+    variables = mset_variables(received[-1])
+    assert (variables["CTRACK_TRACKING"], variables["CTRACK_FORWARD"]) == (
+        "static", "IAX2/phones/100")
+    assert fields(record(daemon)) == ("static", "flyer", None, "caller", "no_input")
+    assert [e["prompt"] for e in logs if e["event"] == "promo_prompt_failed"] == ["beep"]
+
+
+async def test_a_hang_up_is_no_prompt_failure(daemon: Daemon, captures: Path) -> None:
+    await visit(daemon)
+    with capture_logs() as logs:
+        await asterisk(daemon.agi_address[1], capture_environment(captures),
+                       [MINUS_1_THEN_HANGUP])
+    assert fields(record(daemon)) == ("static", "flyer", None, "caller", "no_input")
+    assert not [e for e in logs if e["event"] == "promo_prompt_failed"]
 
 
 async def test_a_promo_dialogue_outlasts_the_plain_session_limit(daemon: Daemon,

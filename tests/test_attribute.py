@@ -102,7 +102,8 @@ def promo_plan() -> DynamicPlan:
 
     counter = itertools.count(1)
     return DynamicPlan([], [UtmRule(channel="yandex", source="yandex")],
-                       new_session_id=lambda: f"s{next(counter)}", promo=PromoConfig(),
+                       new_session_id=lambda: f"s{next(counter)}",
+                       promo=PromoConfig(length=4, check_digit=False),
                        choose_code=lambda n: 4821)
 
 

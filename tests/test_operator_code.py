@@ -10,13 +10,16 @@ session's code keyed in capture 13's call re-attributes the stored call.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ctrackd.ami.consumer import AmiConsumer
 from ctrackd.attribution.attribute import attribute_call
 from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.events import (
@@ -38,6 +41,7 @@ from ctrackd.daemon import Daemon
 from tests.conftest import CAPTURES
 from tests.simulator.ami_server import FakeAmi, read_capture
 from tests.test_daemon import CONFIG, agi_track, environment, rows, wait_for
+from tests.test_outbound import as_message
 from tests.test_scenarios import replay
 
 CAPTURE_13 = "13-operator-dtmf-star1234hash"
@@ -143,6 +147,50 @@ def test_no_other_capture_gives_a_code(name: str) -> None:
     assert replay_codes(name) == []
 
 
+# -- the consumer: a code the store refuses waits for the next batch ------------------
+
+async def test_a_code_the_store_refuses_is_kept_for_the_next_batch(tmp_path: Path) -> None:
+    """A real SQLite file whose write lock another process holds (ctrackd-agi writing a
+    call): the operator's code of capture 13 cannot be written yet. It must be written
+    with a later batch, not dropped."""
+    path = tmp_path / "codes.sqlite3"
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE codes (call_id TEXT, code TEXT, PRIMARY KEY (call_id, code))")
+    setup.close()
+
+    async def write_code(keyed: OperatorCodeKeyed) -> None:
+        conn = sqlite3.connect(path, timeout=0)   # no waiting: the lock answers at once
+        try:
+            with conn:  # resolving a code twice gives the same row
+                conn.execute("INSERT OR REPLACE INTO codes VALUES (?, ?)",
+                             (keyed.call_id, keyed.code))
+        finally:
+            conn.close()
+
+    async def nothing(*_: object) -> list:
+        return []
+
+    queue: asyncio.Queue = asyncio.Queue()
+    consumer = AmiConsumer(queue=queue, tracker=CallTracker(region="RU"),
+                           save_progress=nothing, request_snapshot=nothing,
+                           on_operator_code=write_code)
+    for headers in read_capture(CAPTURES / "ami" / f"{CAPTURE_13}.txt"):
+        queue.put_nowait(as_message(headers))
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")               # the other writer holds the lock
+    await consumer.drain()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await consumer.drain()                            # the next batch (here: empty) retries
+    await consumer.drain()
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("SELECT call_id, code FROM codes").fetchall() == [
+            (CALL_13, "1234")]
+    finally:
+        check.close()
+
+
 # -- the resolver -------------------------------------------------------------------
 
 STATIC = StaticPlan(
@@ -197,6 +245,25 @@ def test_anything_else_is_unknown_and_changes_nothing_else(keyed: OperatorCodeKe
                                 "promo_status": PromoStatus.UNKNOWN})
 
 
+def test_an_operators_slip_names_nobody_else() -> None:
+    """Two live sessions with neighbouring codes (draws 4821, 4822, then the check
+    digit). Every one-digit slip and neighbour swap of the first code is `unknown`:
+    none reaches the second visitor (without the check digit, 4821 <-> 4822 would)."""
+    counter, draws = itertools.count(1), itertools.count(4821)
+    dynamic = DynamicPlan([], [], new_session_id=lambda: f"s{next(counter)}",
+                          promo=PromoConfig(length=5), choose_code=lambda n: next(draws) % n)
+    first, _ = dynamic.start_session(normalise_visit({"visitor_id": "v-1"}), 5.0)
+    second, _ = dynamic.start_session(normalise_visit({"visitor_id": "v-2"}), 5.0)
+    assert (first.promo_code, second.promo_code) == ("48217", "48225")
+    mine = first.promo_code
+    slips = {mine[:i] + d + mine[i + 1:] for i in range(5) for d in "0123456789"}
+    slips |= {mine[:i] + mine[i + 1] + mine[i] + mine[i + 2:] for i in range(4)}
+    slips.discard(mine)
+    for slip in sorted(slips):
+        a = OperatorCodes().resolve(STATIC, dynamic, base_call(), code(slip), 110.0)
+        assert (a.promo_status, a.session_id) == (PromoStatus.UNKNOWN, None), slip
+
+
 def test_the_last_complete_code_wins_against_the_attribution_before_any() -> None:
     dynamic = promo_plan()
     session, _ = dynamic.start_session(normalise_visit({"visitor_id": "v-1"}), 5.0)
@@ -226,6 +293,7 @@ web:
   replace: ["+74951234567"]
 utm_rules:
   - {source: yandex, channel: avito}
+promo: {length: 4}   # capture 13 keys four digits: three and the check digit
 """
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from ctrackd.attribution.dynamic import IDLE_SECONDS, DynamicPlan
 from ctrackd.attribution.pools import PoolSpec
-from ctrackd.attribution.promo import PromoCodes
+from ctrackd.attribution.promo import PromoCodes, damm_digit
 from ctrackd.attribution.records import PromoStatus
 from ctrackd.attribution.sessions import normalise_visit
 from ctrackd.configcalls import PromoConfig
@@ -31,15 +31,16 @@ def always_zero(n: int) -> int:
     return 0
 
 
-def registry(length: int = 4, choose: Callable[[int], int] | None = None,
-             **kw: int) -> PromoCodes:
-    return PromoCodes(length, TTL, choose or seeded(), **kw)
+def registry(length: int = 4, choose: Callable[[int], int] | None = None, *,
+             check_digit: bool = True, **kw: int) -> PromoCodes:
+    return PromoCodes(length, TTL, choose or seeded(), check_digit=check_digit, **kw)
 
 
 def plan(length: int = 4, ttl: float = TTL, pools: tuple[PoolSpec, ...] = (),
-         choose: Callable[[int], int] | None = None) -> DynamicPlan:
+         choose: Callable[[int], int] | None = None, check_digit: bool = True) -> DynamicPlan:
     counter = itertools.count(1)
-    return DynamicPlan(list(pools), promo=PromoConfig(length=length, code_ttl=ttl),
+    return DynamicPlan(list(pools), promo=PromoConfig(length=length, code_ttl=ttl,
+                                                      check_digit=check_digit),
                        choose_code=choose or seeded(), new_session_id=lambda: f"s{next(counter)}")
 
 
@@ -49,11 +50,13 @@ def visit(visitor: str, page: str = "https://shop.example.com/", **extra: object
 
 # -- the registry ------------------------------------------------------------
 
-@pytest.mark.parametrize("length, sessions", [(1, 10), (2, 100), (3, 1000)])
+@pytest.mark.parametrize("length, check_digit, sessions", [
+    (1, False, 10), (2, False, 100), (3, False, 1000),
+    (2, True, 10), (3, True, 100), (4, True, 1000)])
 @pytest.mark.parametrize("choose", [seeded(), always_zero], ids=["random", "colliding"])
-def test_every_code_of_the_space_once_then_none(length: int, sessions: int,
+def test_every_code_of_the_space_once_then_none(length: int, check_digit: bool, sessions: int,
                                                 choose: Callable[[int], int]) -> None:
-    codes = registry(length, choose)
+    codes = registry(length, choose, check_digit=check_digit)
     issued = [codes.issue(f"s{i}", T0) for i in range(sessions)]
     assert all(c is not None and len(c) == length and c.isdigit() for c in issued)
     assert len(set(issued)) == sessions                        # unique
@@ -90,7 +93,7 @@ def test_codes_stay_unique_under_churn() -> None:
 ])
 def test_no_reuse_while_callable_and_reuse_after(renew_at: float | None, lookup_at: float,
                                                  issue_at: float, expected: tuple) -> None:
-    codes = registry(1, always_zero, max_codes=1)  # one code in all: "0"
+    codes = registry(1, always_zero, check_digit=False, max_codes=1)  # one code in all: "0"
     assert codes.issue("s1", T0) == "0"
     if renew_at is not None:
         assert codes.renew("0", "s1", renew_at)
@@ -102,7 +105,8 @@ def test_no_reuse_while_callable_and_reuse_after(renew_at: float | None, lookup_
         assert again is None and codes.exhausted == 1
 
 
-@pytest.mark.parametrize("keyed", ["", "48", "48210", "48a1", "٤٨٢١", "４８２１", "*482", "0000"])
+@pytest.mark.parametrize("keyed", ["", "48", "48210", "48a1", "٤٨٢١", "４８２１", "*482", "0000",
+                                   "0001", "0010"])
 def test_what_is_no_live_code_is_unknown(keyed: str) -> None:
     codes = registry(4, always_zero)  # the first code is "0000": taken by s1 below
     codes.issue("s1", T0)
@@ -117,14 +121,14 @@ def test_what_is_no_live_code_is_unknown(keyed: str) -> None:
     (None, "s1", False),      # the previous session had none
 ])
 def test_hand_over_only_from_the_holder(code: str | None, owner: str, expected: bool) -> None:
-    codes = registry(1, always_zero)
+    codes = registry(1, always_zero, check_digit=False)
     codes.issue("s1", T0)
     assert codes.hand_over(code, owner, "s3", T0 + 10) is expected
     assert codes.lookup("0", T0 + 20)[0] == ("s3" if expected else "s1")
 
 
 def test_expiry_is_bounded_and_in_order() -> None:
-    codes = registry(3)
+    codes = registry(3, check_digit=False)
     for i in range(500):
         codes.issue(f"s{i}", T0 + i)
     assert len(codes) == 500
@@ -132,6 +136,8 @@ def test_expiry_is_bounded_and_in_order() -> None:
     assert len(codes) == 400
     with pytest.raises(ValueError):
         PromoCodes(0, TTL, seeded())
+    with pytest.raises(ValueError, match="check digit"):
+        PromoCodes(1, TTL, seeded())                   # a check digit and nothing to check
     with pytest.raises(ValueError):
         PromoCodes(4, 0, seeded())
 
@@ -220,16 +226,16 @@ def test_a_code_outlives_its_visit_until_the_ttl() -> None:
 
 
 def test_exhausted_codes_are_counted_and_a_later_page_view_gets_one() -> None:
-    dynamic = plan(length=1, ttl=600)
+    dynamic = plan(length=1, ttl=IDLE_SECONDS, check_digit=False)
     sessions = [dynamic.start_session(visit(f"visitor-{i}"), T0)[0] for i in range(11)]
     codes = [s.promo_code for s in sessions]
     assert None not in codes[:10] and len(set(codes[:10])) == 10
     assert codes[10] is None and dynamic.promo is not None and dynamic.promo.exhausted == 1
     # Nobody may get a code somebody else could still be calling in with...
-    late = dynamic.start_session(visit("visitor-10"), T0 + 599)[0]
+    late = dynamic.start_session(visit("visitor-10"), T0 + IDLE_SECONDS - 1)[0]
     assert late.promo_code is None
     # ...but once the first ten lapsed (no sign of life for ttl), the next page view gets one.
-    late = dynamic.start_session(visit("visitor-10"), T0 + 600)[0]
+    late = dynamic.start_session(visit("visitor-10"), T0 + IDLE_SECONDS)[0]
     assert late.promo_code is not None
 
 
@@ -254,3 +260,87 @@ def test_a_rebuilt_plan_keeps_the_codes_pages_show() -> None:
     renewed, _ = new.start_session(visit("visitor-1", session_id=session.session_id), T0 + 31)
     assert renewed.promo_code == code                            # ...its code is not
     assert plan(length=5).adopt_codes(old) == 0                  # other length: not kept
+
+
+# -- check digits: a slip makes no code, never another visitor's ---------------------
+
+@pytest.mark.parametrize("body, digit", [("572", "4"), ("000", "0"), ("482", "3"),
+                                         ("1234", "0"), ("9999", "2")])
+def test_damm_check_digit(body: str, digit: str) -> None:
+    assert damm_digit(body) == digit                     # 572 -> 4: Damm's own example
+    assert damm_digit(body + digit) == "0"               # a whole code checks to 0
+
+
+def slips(code: str) -> set[str]:
+    """Every one-digit error and every swap of two neighbours (what a caller mishears,
+    or a thumb mis-keys)."""
+    out = {code[:i] + d + code[i + 1:] for i in range(len(code)) for d in "0123456789"}
+    out |= {code[:i] + code[i + 1] + code[i] + code[i + 2:] for i in range(len(code) - 1)}
+    return out - {code}
+
+
+@pytest.mark.parametrize("check_digit, length", [(True, 5), (False, 4)])
+def test_a_slip_of_a_live_code_names_nobody_else(check_digit: bool, length: int) -> None:
+    """The documented sizing: 5 000 live codes in a 10 000-code space. Without a check
+    digit about half of all slips land on another visitor's code; with one, none."""
+    codes = registry(length, seeded(1), check_digit=check_digit)
+    issued = [codes.issue(f"s{i}", T0) for i in range(5000)]
+    assert all(c is not None and len(c) == length for c in issued)
+    tried = hits = 0
+    for code in issued[:300]:
+        for slip in slips(code):  # type: ignore[arg-type]
+            tried += 1
+            hits += codes.lookup(slip, T0 + 1)[1] is PromoStatus.MATCHED
+    if check_digit:
+        assert hits == 0, f"{hits} of {tried} slips matched another visitor"
+        assert codes.capacity == 10_000
+    else:
+        assert hits > tried // 3   # what the check digit is for
+
+
+def test_default_codes_carry_a_check_digit() -> None:
+    dynamic = DynamicPlan([], promo=PromoConfig(), choose_code=seeded(),
+                          new_session_id=lambda: "s1")
+    session, _ = dynamic.start_session(visit("visitor-1"), T0)
+    code = session.promo_code
+    assert code is not None and len(code) == 5 and damm_digit(code) == "0"
+    assert dynamic.session_by_code(code, T0 + 1)[1] is PromoStatus.MATCHED
+    wrong_check = code[:4] + str((int(code[4]) + 1) % 10)
+    assert dynamic.session_by_code(wrong_check, T0 + 1) == (None, PromoStatus.UNKNOWN)
+
+
+def test_a_rebuilt_plan_without_check_digits_does_not_take_the_old_codes() -> None:
+    old = plan(length=4)
+    old.start_session(visit("visitor-1"), T0)
+    assert plan(length=4, check_digit=False).adopt_codes(old) == 0
+
+
+# -- a code is reserved as long as the page showing it is alive ---------------------
+
+def test_a_short_code_ttl_cannot_free_a_code_a_live_page_shows() -> None:
+    """code_ttl 60 s, a background tab beating every 100 s (well within the 30 min a
+    session lives idle): the code must stay Alice's, or Bob is given the code her
+    page still shows and her caller is credited to Bob."""
+    counter = itertools.count(1)
+    dynamic = DynamicPlan([], promo=PromoConfig(length=4, code_ttl=60, check_digit=False),
+                          choose_code=lambda n: 4821,
+                          new_session_id=lambda: f"s{next(counter)}")
+    alice, _ = dynamic.start_session(visit("alice"), T0)
+    assert alice.promo_code == "4821"
+    for beat in (50.0, 150.0, 250.0):
+        assert dynamic.heartbeat(alice.session_id, T0 + beat)
+    bob, _ = dynamic.start_session(visit("bob"), T0 + 260)
+    assert bob.promo_code != "4821"                   # the scan finds Bob another
+    assert dynamic.session_by_code("4821", T0 + 300) == (alice, PromoStatus.MATCHED)
+
+
+def test_a_heartbeat_whose_code_is_gone_asks_the_page_to_start_again() -> None:
+    dynamic = plan()
+    session, _ = dynamic.start_session(visit("visitor-1"), T0)
+    code = session.promo_code
+    assert dynamic.promo is not None and dynamic.promo.expire(T0 + TTL) == 1  # the code lapsed
+    assert dynamic.heartbeat(session.session_id, T0 + 30) is False
+    again, _ = dynamic.start_session(visit("visitor-1", session_id=session.session_id), T0 + 31)
+    assert again.promo_code is not None
+    assert dynamic.session_by_code(again.promo_code, T0 + 32) == (again, PromoStatus.MATCHED)
+    assert dynamic.session_by_code(code, T0 + 32)[0] in (None, again)

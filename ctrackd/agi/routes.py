@@ -16,13 +16,22 @@ caller asked for the code shown on the website (`GET DATA`, `attempts` tries,
 `#` alone skips); the record is saved again with what the code gave, and the
 variables go in the same one MSet. A caller who hangs up meanwhile keeps the
 first record, updated with what was known.
+
+The final MSet is sent whenever the connection is still there, even after a
+hang-up: `200 result=-1` to GET DATA means the prompt could not be played on
+a live channel just as much as a hang-up (res_agi sends its `HANGUP` line
+*after* that reply, so the route cannot tell yet), and a channel left without
+variables takes the dialplan's fallback, whose `ctrackd-agi` would then
+overwrite our record as `tracking: fallback`. On a dead channel Asterisk
+answers the MSet with a harmless 511.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from enum import Enum
 
 import structlog
 
@@ -105,12 +114,25 @@ class TrackRoute:
         plan = self._plan()
         attribution = self._attribute(plan, channel, call_id)
         if is_promo_line(plan, attribution):
-            attribution, gone = await self._ask_promo(channel, plan, attribution)
-            if gone:
-                return  # nobody to forward: the record is saved, Asterisk ends the call
+            attribution, talk = await self._ask_promo(channel, plan, attribution)
+            if not talk.connected:
+                return  # Asterisk dropped the connection: the record is saved, nothing to send
+            try:
+                await self._send_variables(channel, attribution)
+            except AgiProtocolError as exc:  # it went with the caller after all
+                log.info("agi_connection_lost", command="EXEC", error=str(exc))
+                return
+            if talk.ended is _Ended.MINUS_ONE and not channel.hung_up:
+                # Only now can -1 be told apart: a hang-up's HANGUP line comes
+                # before the MSet's reply.
+                if talk.prompt is None:
+                    log.error("promo_answer_failed", did=attribution.did)
+                else:
+                    log.error("promo_prompt_failed", did=attribution.did, prompt=talk.prompt,
+                              hint="is the sound file there, in the channel's language?")
         else:
             await self._save_safely(attribution)
-        await self._send_variables(channel, attribution)
+            await self._send_variables(channel, attribution)
         log.debug("call_attributed", did=attribution.did, channel=attribution.channel,
                   forward_to=attribution.forward_to, note=attribution.note,
                   promo_status=attribution.promo_status)
@@ -145,16 +167,19 @@ class TrackRoute:
         if trimmed:
             log.warning("agi_variables_trimmed", did=attribution.did, channel=attribution.channel)
         reply = await channel.command(line)
-        if not reply.ok:
+        if reply.code == 511:  # the caller hung up during a promo dialogue: nothing to route
+            log.debug("agi_variables_after_hangup")
+        elif not reply.ok:
             log.warning("agi_variables_rejected", code=reply.code, reply=reply.text[:200])
 
     # -- promo lines ------------------------------------------------------------
 
     async def _ask_promo(self, channel: AgiChannel, plan: StaticPlan,
-                         base: Attribution) -> tuple[Attribution, bool]:
+                         base: Attribution) -> tuple[Attribution, _Dialogue]:
         """Save, answer, ask for the code, save what it gave.
 
-        Returns the final attribution and whether the caller hung up meanwhile.
+        Returns the final attribution and how the dialogue went (the variables
+        are sent whenever the connection is still there, hung up or not).
         """
         dynamic = self._dynamic()
         if dynamic is None or dynamic.promo is None:
@@ -162,43 +187,87 @@ class TrackRoute:
             log.warning("promo_line_without_codes", did=base.did)
             final = promo_not_asked(base)
             await self._save_safely(final)
-            return final, False
+            return final, _Dialogue()
         await self._save_safely(replace(base, promo_entry=PromoEntry.CALLER,
                                         promo_status=PromoStatus.PENDING))
-        code, status, session, gone = await self._dialogue(channel, self._promo(), dynamic)
-        final = attribute_promo(plan, dynamic, base, code, PromoEntry.CALLER, status, session)
+        talk = await self._dialogue(channel, self._promo(), dynamic)
+        final = attribute_promo(plan, dynamic, base, talk.code, PromoEntry.CALLER, talk.status,
+                                talk.session)
         await self._save_safely(final)
-        log.info("promo_code_keyed", did=base.did, promo_status=status.value,
-                 session_id=final.session_id, channel=final.channel, hung_up=gone)
-        return final, gone
+        log.info("promo_code_keyed", did=base.did, promo_status=talk.status.value,
+                 session_id=final.session_id, channel=final.channel,
+                 ended=talk.ended.value)
+        return final, talk
 
-    async def _dialogue(self, channel: AgiChannel, promo: PromoConfig, dynamic: DynamicPlan
-                        ) -> tuple[str | None, PromoStatus, VisitorSession | None, bool]:
+    async def _dialogue(self, channel: AgiChannel, promo: PromoConfig,
+                        dynamic: DynamicPlan) -> _Dialogue:
         """ANSWER, then up to `attempts` GET DATA. Wrong digits and silence are retried,
         `#` alone is not; a hang-up ends the dialogue with what was keyed so far.
 
-        Returns (code, status, session, the caller hung up).
+        A caller told "key the code, then hash" who keys `4821#` ends GET DATA at
+        the 4th digit (max digits); the `#` is left queued and ends the next GET
+        DATA at once with an empty `200 result=`. So an empty result right after a
+        try that ended at exactly `length` digits is that leftover, not a skip: it
+        is asked again without counting a try (once; the leftover try took no time,
+        so the session's limit still holds).
         """
         assert dynamic.promo is not None
         length = dynamic.promo.length  # the live codes' length (promo.length once reloaded)
-        keyed: str | None = None  # the last digits keyed: kept in the record when wrong
-        if _gone(channel, await _command(channel, "ANSWER")):
-            return None, PromoStatus.NO_INPUT, None, True
-        for attempt in range(promo.attempts):
-            prompt = (promo.retry_prompt or promo.prompt) if attempt else promo.prompt
-            reply = await _command(channel, get_data(prompt, round(promo.digit_timeout * 1000),
-                                                     length))
-            if _gone(channel, reply):
-                return keyed, _unmatched(keyed), None, True
+        talk = _Dialogue()
+        reply = await _command(channel, "ANSWER")
+        if _ended(channel, reply, talk):
+            return talk
+        attempt, leftover_hash_possible = 0, False
+        while attempt < promo.attempts:
+            talk.prompt = (promo.retry_prompt or promo.prompt) if attempt else promo.prompt
+            reply = await _command(channel, get_data(talk.prompt,
+                                                     round(promo.digit_timeout * 1000), length))
+            if _ended(channel, reply, talk):
+                talk.status = _unmatched(talk.code)
+                return talk
+            assert reply is not None  # _ended() said so
             digits, timed_out = keyed_digits(reply)
             if digits == "" and not timed_out:
-                return None, PromoStatus.SKIPPED, None, False  # `#` alone: no code to key
+                if leftover_hash_possible:
+                    leftover_hash_possible = False
+                    log.debug("promo_leftover_hash_skipped")
+                    continue  # the same try again
+                talk.status = PromoStatus.SKIPPED  # `#` alone: no code to key
+                return talk
+            attempt += 1
+            leftover_hash_possible = digits is not None and len(digits) == length and not timed_out
             if digits:
-                keyed = digits
+                talk.code = digits  # the last digits keyed: kept in the record when wrong
                 session, status = dynamic.session_by_code(digits, self._clock())
                 if status is PromoStatus.MATCHED:
-                    return digits, status, session, False
-        return keyed, _unmatched(keyed), None, False
+                    talk.status, talk.session = status, session
+                    return talk
+        talk.status = _unmatched(talk.code)
+        return talk
+
+
+class _Ended(Enum):
+    """Why a promo dialogue stopped before the caller answered it."""
+
+    NO = "no"                 # it ran its course
+    CONNECTION = "connection"  # Asterisk dropped the connection: nothing can be sent
+    HUNG_UP = "hung_up"       # an inline HANGUP, or 511 (dead channel)
+    MINUS_ONE = "minus_one"   # `200 result=-1`: a hang-up, or the prompt could not play
+
+
+@dataclass(slots=True)
+class _Dialogue:
+    """What a promo dialogue gave: the digits last keyed, what they gave, why it ended."""
+
+    code: str | None = None
+    status: PromoStatus = PromoStatus.NO_INPUT
+    session: VisitorSession | None = None
+    ended: _Ended = _Ended.NO
+    prompt: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.ended is not _Ended.CONNECTION
 
 
 def keyed_digits(reply: AgiReply) -> tuple[str | None, bool]:
@@ -223,11 +292,17 @@ async def _command(channel: AgiChannel, line: str) -> AgiReply | None:
         return None
 
 
-def _gone(channel: AgiChannel, reply: AgiReply | None) -> bool:
-    """The caller hung up: an inline HANGUP, a 511 (dead channel), -1 (GET DATA, ANSWER),
-    or no connection left at all."""
-    return (reply is None or channel.hung_up or reply.code == 511
-            or (reply.ok and reply.result == "-1"))
+def _ended(channel: AgiChannel, reply: AgiReply | None, talk: _Dialogue) -> bool:
+    """Whether the dialogue must stop here, noting why in `talk`: no connection left,
+    the caller hung up (an inline HANGUP, a 511), or -1 (ANSWER or GET DATA failed:
+    a hang-up, or a prompt that cannot be played; asking again would fail the same)."""
+    if reply is None:
+        talk.ended = _Ended.CONNECTION
+    elif channel.hung_up or reply.code == 511:
+        talk.ended = _Ended.HUNG_UP
+    elif reply.ok and reply.result == "-1":
+        talk.ended = _Ended.MINUS_ONE
+    return talk.ended is not _Ended.NO
 
 
 def _unmatched(keyed: str | None) -> PromoStatus:

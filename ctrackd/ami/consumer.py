@@ -18,7 +18,8 @@ The tracker's notices go out after each batch, in order and before the
 batch's records: answered outbound calls to `save_outbound` (kept and
 retried like records), operator codes to `on_operator_code` one at a time
 (the daemon resolves each against the store; awaiting it keeps "the last
-code keyed wins" true).
+code keyed wins" true). A code whose resolution fails is kept with the ones
+after it and tried again with the next batch, like the outbound calls.
 """
 
 from __future__ import annotations
@@ -51,8 +52,16 @@ RequestSnapshot = Callable[[], Awaitable[list[Mapping[str, Any]]]]
 SaveOutbound = Callable[[list[OutboundAnswered]], Awaitable[None]]
 OnOperatorCode = Callable[[OperatorCodeKeyed], Awaitable[None]]
 
-#: outbound calls kept for a retry while the store refuses them; beyond, the oldest go
+#: outbound calls (and operator codes) kept for a retry while the store refuses them;
+#: beyond, the oldest go
 _OUTBOUND_PENDING_MAX = 10_000
+
+
+def _refused_by_itself(exc: Exception) -> bool:
+    """An error that one item causes whatever the store's state (bad data, a
+    constraint): retrying it cannot help. Anything else (a locked or full
+    database, a lost disk) may pass later."""
+    return isinstance(exc, (ValueError, TypeError)) or "constraint" in str(exc).lower()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +155,7 @@ class AmiConsumer:
             try:
                 await self._save([record])
             except Exception as exc:
-                if isinstance(exc, (ValueError, TypeError)) or "constraint" in str(exc).lower():
+                if _refused_by_itself(exc):
                     log.error("call_progress_dropped", error=repr(exc), record=repr(record))
                     self._saved([record])
                 continue
@@ -175,8 +184,19 @@ class AmiConsumer:
                 # (resolving a code twice gives the same record).
                 self._codes[:0] = codes[n:]
                 raise
-            except Exception:  # one bad code must not stop the daemon; the log keeps it
-                log.exception("operator_code_failed", call_id=keyed.call_id, code=keyed.code)
+            except Exception as exc:
+                if _refused_by_itself(exc):  # would fail every batch and hold up the rest
+                    log.exception("operator_code_dropped", call_id=keyed.call_id,
+                                  code=keyed.code)
+                    continue
+                # The store refused (locked by ctrackd-agi, disk full...): this code and
+                # the ones after it wait for the next batch, in order, as outbound calls
+                # do; resolving a code again gives the same row. Bounded like them.
+                log.error("operator_code_failed", call_id=keyed.call_id, code=keyed.code,
+                          error=repr(exc), kept=len(codes) - n)
+                self._codes[:0] = codes[n:]
+                del self._codes[:-_OUTBOUND_PENDING_MAX]
+                return
 
     def _take_notices(self) -> None:
         for notice in self._tracker.take_notices():

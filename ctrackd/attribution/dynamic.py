@@ -68,7 +68,13 @@ class DynamicPlan:
         self.max_sessions = max_sessions
         if promo is not None and choose_code is None:
             raise ValueError("promo codes need choose_code (the core draws no randomness)")
-        self.promo = (PromoCodes(promo.length, promo.code_ttl, choose_code)
+        # A code is reserved at least as long as its session can live: a live
+        # session's page shows its code, so a shorter code_ttl would free the
+        # code while the page still shows it, and the next visitor could be
+        # given it too. Every sign of life renews both, so "session live"
+        # then implies "code reserved".
+        self.promo = (PromoCodes(promo.length, max(promo.code_ttl, self.keep_seconds),
+                                 choose_code, check_digit=promo.check_digit)
                       if promo is not None and choose_code is not None else None)
         # Sessions out of the live set whose code may still be keyed, oldest first.
         self._retired: OrderedDict[str, VisitorSession] = OrderedDict()
@@ -100,7 +106,8 @@ class DynamicPlan:
         return session, self._first_lease(session, current, visit.pool, now)
 
     def heartbeat(self, session_id: str, now: float) -> bool:
-        """True while the session still holds the number it shows; False: ask for a number again."""
+        """True while the session still holds the number and the code it shows; False: ask
+        for a number (and a code) again."""
         now = self.expire(now)
         session = self.sessions.get(session_id)
         current = self.session_of(session.visitor_id) if session else None
@@ -110,8 +117,12 @@ class DynamicPlan:
         session = current
         session.last_seen = now
         self.sessions.move_to_end(session.session_id)
-        if self.promo is not None:
-            self.promo.renew(session.promo_code, session.session_id, now)
+        if (self.promo is not None and session.promo_code is not None
+                and not self.promo.renew(session.promo_code, session.session_id, now)):
+            # The code lapsed under a live session (it cannot, with ttl >= keep_seconds,
+            # unless something freed it): the page must not go on showing a code that
+            # may be drawn for someone else. It asks again and gets a fresh one.
+            return False
         return session.pool is None or self.pools[session.pool].heartbeat(session.session_id, now)
 
     def expire(self, now: float) -> float:
@@ -153,9 +164,12 @@ class DynamicPlan:
         the callers of the old codes would all fall back. The old sessions
         join the retired ones (their leases are gone with the old pools): a
         tab that renews gets its code back. Codes of another length cannot
-        be kept. Returns how many sessions came over.
+        be kept, nor codes with a check digit by a plan without (or the other way). Returns
+        how many sessions came over.
         """
-        if self.promo is None or old.promo is None or old.promo.length != self.promo.length:
+        if (self.promo is None or old.promo is None
+                or (old.promo.length, old.promo.check_digit)
+                != (self.promo.length, self.promo.check_digit)):
             return 0
         old.promo.ttl = self.promo.ttl
         self.promo = old.promo

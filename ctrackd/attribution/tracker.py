@@ -26,9 +26,16 @@ Besides records, the tracker gives notices (`take_notices()`):
 - `OperatorCodeKeyed`: the operator keyed the prefix and a code on a tracked
   call's phone leg (keypad.py). A key press counts only as a `DTMFEnd` that
   follows a `DTMFBegin` of the same digit on the same channel, received from
-  that channel's far end, on a leg that is not the inbound one: an attended
-  transfer's feature code shows as DTMFEnd alone, and the caller's own
-  digits (a promo line's prompt) arrive on the inbound leg;
+  that channel's far end, on a leg that is not the inbound one: the caller's
+  own digits (a promo line's prompt) arrive on the inbound leg, and the
+  digits the AMI `Atxfer` action queues (capture 12) show as DTMFEnd alone.
+  A transfer keyed *on the phone* is different: `*2` + extension with Dial
+  option t gives Begin+End pairs like capture 13's, indistinguishable here
+  from the operator's `*` + code, so `*2102` may read as code `2102...`.
+  The code's check digit (promo.py) rejects nine such sequences in ten, and
+  even a passing one counts only if some live session holds it;
+  docs/promo.md advises an `operator_prefix` other than the transfer code's
+  first key;
 - `OutboundAnswered`: a Dial from a channel that belongs to no tracked call
   was answered by an outside number (outbound.py says which): an office
   phone called somebody, who then leaves the callback list.

@@ -142,6 +142,28 @@ def test_a_failed_renewal_puts_the_original_text_back(page: Page, site: Site,
     expect(page.locator("#code")).to_have_text(CODES[1])
 
 
+def test_an_answer_without_a_code_takes_the_old_code_off_the_page(
+        page: Page, site: Site, tracker: StubTracker) -> None:
+    """The renewed session comes with a number but no code (every code taken): the
+    page must not go on showing the old code, which may now be another visitor's."""
+    page.clock.install()
+    open_promo(page, site)
+    tracker.state.codes = False              # the daemon's next answer: a number, no code
+    tracker.end_session("s1")
+    page.clock.run_for(30_000)               # heartbeat -> 404 -> a new session, no code
+    expect(page.locator("#code")).to_have_text(ASK, timeout=6000)
+    assert text(page, "#code-class") == "— —" and text(page, "#code-empty") == ""
+    assert page.evaluate("window.ctrack.code") is None
+    assert page.evaluate("window.ctrack.number") is not None   # the number is still shown
+    assert text(page, "#header-tel") != ORIGINAL
+
+    tracker.state.codes = True               # codes again: the next session shows its own
+    tracker.end_session("s2")
+    page.clock.run_for(30_000)
+    expect(page.locator("#code")).to_have_text(CODES[2])
+    assert text(page, "#code-class") == CODES[2]
+
+
 # -- against the real daemon --------------------------------------------------
 
 PROMO_LINE = '  # "+74950000091":\n  #   channel: billboard\n  #   tracking: promo\n'
@@ -192,13 +214,13 @@ web:
                   "&utm_campaign=winter")
         expect(page.locator("#code")).not_to_have_text(ASK)
         code = text(page, "#code")
-        assert len(code) == 4 and code.isdigit() and text(page, "#code-class") == code
+        assert len(code) == 5 and code.isdigit() and text(page, "#code-class") == code
         assert text(page, "#header-tel") == ORIGINAL        # no pools: the number stays
 
         env = environment("9.1", "74950000091")
         commands = promo_call(agi_port, env, f"200 result={code}\n".encode())
-        assert commands[:2] == ["ANSWER", "GET DATA beep 8000 4"]
-        wrong = "0000" if code != "0000" else "1111"
+        assert commands[:2] == ["ANSWER", "GET DATA beep 8000 5"]
+        wrong = "00000" if code != "00000" else "11115"   # both with a right check digit
         promo_call(agi_port, environment("9.2", "74950000091"),
                    f"200 result={wrong}\n".encode())
     finally:

@@ -170,6 +170,16 @@
     number = ns.number = code = ns.code = null;
   }
 
+  // The code is gone but the number stays: only the promo elements show what
+  // they showed before (unless the site has written over them since).
+  function restoreCodes() {
+    saved.forEach(function (was, node) {
+      if (node.nodeType !== 3 || !node.parentNode || !closest(node, PROMO)) return;
+      if (read(node) === was.s) put(node, was.o);
+      saved.delete(node);
+    });
+  }
+
   function swapLink(a, marked) {
     var href = a.getAttribute('href') || '', rest, swapped;
     if (!/^tel:/i.test(href)) return;
@@ -260,7 +270,11 @@
     delete targets[n];
     session = r.session_id;
     number = ns.number = n ? '+' + n : null;
-    if (c != null) code = ns.code = c;
+    // The answer's code or none: a code the daemon no longer gives us may be
+    // someone else's by now, so the promo elements get their own text back.
+    c = c == null ? null : c;
+    if (code && !c) restoreCodes();
+    code = ns.code = c;
     if (typeof r.visit_number === 'number' && r.visit_number > 0) save(VISITS, String(r.visit_number | 0));
     period = (typeof h === 'number' && h === h ? Math.min(Math.max(h, 5), 3600) : 30) * 1000;
     retry = 0;
