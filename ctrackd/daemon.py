@@ -42,7 +42,7 @@ from ctrackd.configcalls import HookConfig
 from ctrackd.hooks.dispatcher import Dispatcher
 from ctrackd.hooks.outbox import enqueue as enqueue_hook
 from ctrackd.logs import configure_logging, mask_number
-from ctrackd.recordings import RetentionTask
+from ctrackd.retention_task import RetentionTask
 from ctrackd.store import queries
 from ctrackd.store.database import Store
 from ctrackd.store.outbound import UPSERT_OUTBOUND, outbound_rows
@@ -196,12 +196,14 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.consumer is not None:
             await self.consumer.drain()
-        if self.judge is not None:  # what the drain just saved as ended, and any cut batch
-            await self.judge.drain()
-        if self.store is not None:
-            if self.dynamic is not None:
-                await self._save_pool_usage()
-            await self.store.close()
+        try:
+            if self.judge is not None:  # what the drain just saved as ended, and any cut batch
+                await self.judge.drain()
+        finally:  # a judge that raised must not leave the store's writer unflushed
+            if self.store is not None:
+                if self.dynamic is not None:
+                    await self._save_pool_usage()
+                await self.store.close()
         log.info("daemon_stopped", agi_sessions_cancelled=cancelled,
                  seconds=round(time.monotonic() - started, 3))
 
@@ -216,9 +218,10 @@ class Daemon:
                    if getattr(new, name) != getattr(self.config, name)]
         if ignored:
             log.warning("config_needs_restart", sections=ignored)
-        if (new.pools, new.utm_rules, new.promo.length, new.promo.code_ttl) != (
+        if (new.pools, new.utm_rules, new.promo.length, new.promo.code_ttl,
+                new.promo.check_digit) != (
                 self.config.pools, self.config.utm_rules, self.config.promo.length,
-                self.config.promo.code_ttl):
+                self.config.promo.code_ttl, self.config.promo.check_digit):
             # A new plan forgets every lease: pages get a new number at their
             # next heartbeat, and calls in progress lose their session. Promo
             # codes pages still show are kept (never drawn again while callable).
@@ -238,6 +241,13 @@ class Daemon:
             elif self.store is not None and not self._stopping.is_set():
                 self._start_hooks(new.hooks)
             log.info("hooks_reloaded", hooks=[h.name for h in new.hooks])
+        if new.recordings.retention != self.config.recordings.retention:
+            r = new.recordings.retention
+            log.info("recordings_retention_reloaded", enabled=r.enabled,
+                     max_age_days=r.max_age_days, max_bytes=r.max_bytes,
+                     min_free_bytes=r.min_free_bytes, interval=r.interval, dry_run=r.dry_run)
+            if self.retention is not None:  # a new interval applies now, not after the old
+                self.retention.reschedule()
         # What runs keeps its running settings, so the next reload still
         # warns about them until the restart.
         self.config = replace(new, **{name: getattr(self.config, name) for name in ignored})

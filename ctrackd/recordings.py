@@ -1,8 +1,9 @@
 """Recording retention on disk: measure, ask the planner, delete, mark the records.
 
 Used by `ctrackd recordings prune` (recordings_command.py) and by the daemon
-(`RetentionTask`, every `recordings.retention.interval` seconds in a worker
-thread: file I/O never runs on the event loop, so never on a call's path).
+(`retention_task.RetentionTask`, every `recordings.retention.interval` seconds
+in a worker thread: file I/O never runs on the event loop, so never on a
+call's path).
 
 Safety rules, each for a reason:
 - Only files that a ctrackd record names AND that lie inside
@@ -12,7 +13,7 @@ Safety rules, each for a reason:
 - Symlinks are never followed: the folder is walked with `follow_symlinks=False`
   (a symlink is neither counted nor deleted), and a file is deleted through
   directory descriptors opened with O_NOFOLLOW after checking it is still the
-  very file (device, inode, mtime) that was measured.
+  very file (device, inode, size, mtime) that was measured.
 - Delete, then mark, per batch of BATCH files. If the run dies between the
   two, the files of one batch are gone while their records do not say so yet;
   the next run finds them missing and marks them `missing`. The other order
@@ -23,44 +24,36 @@ Safety rules, each for a reason:
 - A file missing for a call that ended (more than the settle time ago) is
   marked `missing`, so the walk stays short; but never when the folder holds no
   files at all (an unmounted disk must not turn every record into `missing`).
+- A file that could not be measured (lstat failing: EIO, ESTALE on NFS) or
+  that lies in a folder that could not be read is neither counted, deleted,
+  nor marked `missing`: it is there, and a mark would hide it for good.
 - An error on one file (permissions) is reported and the run goes on; an
   error marking the store stops the run (nothing more deleted unmarked).
+- `should_stop` is asked once per folder the scan reads and before each
+  deletion: a stop ends a long walk at once, before anything is deleted or marked.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import shutil
 import sqlite3
 import stat
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ctrackd.attribution.retention import (MISSING, NOT_RECORDED, Policy, Recording,
-                                           format_bytes, plan_retention)
-from ctrackd.config import Config
+                                           plan_retention)
 from ctrackd.configcalls import RetentionConfig
 from ctrackd.store import queries
-from ctrackd.store.recordings import MARK_DELETED, RecordedCall, mark_row, recorded_calls
-
-log = structlog.get_logger("ctrackd.recordings")
+from ctrackd.store.recordings import RecordedCall, mark_row, recorded_calls
 
 #: files deleted between two marks in the store (what a crash can leave unmarked)
 BATCH = 50
-#: seconds after start before the daemon's first prune (start-up stays light)
-FIRST_PRUNE_DELAY = 60.0
-#: seconds stop() waits for a prune to finish its batch and mark it
-STOP_WAIT = 10.0
-#: file lines a run logs (a dry run's first pass may list thousands)
-LOG_FILES = 100
 
 Mark = Callable[[list[dict[str, Any]]], None]
 
@@ -115,15 +108,23 @@ class PruneReport:
     def count(self, result: str) -> int:
         return sum(1 for f in self.files if f.result == result)
 
+    def bytes_of(self, result: str) -> int:
+        return sum(f.size for f in self.files if f.result == result)
+
     @property
-    def bytes_freed(self) -> int:
-        return sum(f.size for f in self.files if f.result in ("deleted", "would_delete"))
+    def bytes_gone(self) -> int:
+        """Bytes deleted, or in a dry run that would be: what "after" subtracts."""
+        return self.bytes_of("would_delete" if self.dry_run else "deleted")
 
     def totals(self) -> dict[str, Any]:
+        """The summary. `deleted`/`bytes_freed` count only what really went, so a
+        dry run says 0 there and its figures are under `would_delete`/`bytes_would_free`."""
         return {
             "folder": self.folder, "dry_run": self.dry_run,
-            "deleted": self.count("would_delete" if self.dry_run else "deleted"),
-            "bytes_freed": self.bytes_freed, "missing": self.count("missing"),
+            "deleted": self.count("deleted"), "bytes_freed": self.bytes_of("deleted"),
+            "would_delete": self.count("would_delete"),
+            "bytes_would_free": self.bytes_of("would_delete"),
+            "missing": self.count("missing"),
             "failed": self.count("failed") + self.count("changed"), "kept": self.kept,
             "outside_folder": len(self.outside),
             "folder_bytes_before": self.folder_bytes_before,
@@ -163,28 +164,31 @@ def prune(conn: sqlite3.Connection, folder: str | Path, policy: Policy, *, mark:
             report.outside.append(call.path)
         else:
             located.append((call, rel))
-    total, files, found, unreadable = scan_folder(root, {rel for _, rel in located},
-                                                  report.errors)
-    report.folder_bytes_before = total
+    scan = scan_folder(root, {rel for _, rel in located}, report.errors, should_stop)
+    if scan.stopped:  # nothing measured for sure: nothing deleted, nothing marked
+        report.stopped = True
+        return report
+    report.folder_bytes_before = scan.total
     report.free_bytes_before = shutil.disk_usage(root).free
 
     on_disk: list[Recording] = []
     by_call: dict[str, tuple[RecordedCall, str, _Found]] = {}
     missing: list[RecordedCall] = []
+    skipped = scan.skipped()  # there perhaps, not seen: never `missing`
     for call, rel in located:
-        seen = found.get(rel)
+        seen = scan.found.get(rel)
         if seen is not None:
             on_disk.append(Recording(call.call_id, call.path, seen.size, call.started_at,
                                      call.ended_at, seen.mtime))
             by_call[call.call_id] = (call, rel, seen)
         elif (call.ended_at is not None and call.ended_at < now - policy.settle_seconds
-              and not any(rel.startswith(d + "/") for d in unreadable)):
+              and not _within(rel, skipped)):
             missing.append(call)
-    plan = plan_retention(on_disk, folder_bytes=total, free_bytes=report.free_bytes_before,
-                          policy=policy, now=now)
+    plan = plan_retention(on_disk, folder_bytes=scan.total,
+                          free_bytes=report.free_bytes_before, policy=policy, now=now)
     report.foreign_bytes, report.kept, report.unmet = (plan.foreign_bytes, len(plan.kept),
                                                        plan.unmet)
-    if missing and files == 0:
+    if missing and scan.files == 0:
         report.errors.append(f"{configured} holds no files at all (a disk not mounted?):"
                              f" {len(missing)} records whose recording is missing were left"
                              " as they are")
@@ -221,8 +225,8 @@ def prune(conn: sqlite3.Connection, folder: str | Path, policy: Policy, *, mark:
         finally:
             os.close(root_fd)
     report.files.sort(key=lambda f: f.started_at)  # missing ones were marked first
-    report.folder_bytes_after = report.folder_bytes_before - report.bytes_freed
-    report.free_bytes_after = (report.free_bytes_before + report.bytes_freed if dry_run
+    report.folder_bytes_after = report.folder_bytes_before - report.bytes_gone
+    report.free_bytes_after = (report.free_bytes_before + report.bytes_gone if dry_run
                                else shutil.disk_usage(root).free)
     return report
 
@@ -266,7 +270,8 @@ def _delete(root_fd: int, rel: str, seen: _Found, result: FileResult, now: float
             opened.append(fd)
         st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
         if (not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (seen.dev, seen.ino)
-                or st.st_mtime != seen.mtime or now - st.st_mtime < settle):
+                or (st.st_size, st.st_mtime) != (seen.size, seen.mtime)
+                or now - st.st_mtime < settle):
             result.result, result.error = "changed", "changed since it was measured: kept"
             return
         os.unlink(parts[-1], dir_fd=fd)
@@ -300,18 +305,47 @@ def relative_path(path: str, configured: str, root: str) -> str | None:
     return None
 
 
-def scan_folder(root: str, wanted: set[str], errors: list[str]
-                ) -> tuple[int, int, dict[str, _Found], list[str]]:
-    """(total bytes, file count, the wanted files found, subfolders we could not read).
+@dataclass(slots=True)
+class Scan:
+    """What a walk of the folder found."""
 
-    Regular files only, symlinks neither followed nor counted. Bytes are the
-    files' sizes (what `ls -l` shows), which is what deleting one gives back.
+    total: int = 0                 # bytes of every regular file measured
+    files: int = 0                 # how many
+    found: dict[str, _Found] = field(default_factory=dict)  # the wanted ones, by path
+    unreadable: list[str] = field(default_factory=list)     # subfolders not listed
+    unmeasured: list[str] = field(default_factory=list)     # entries lstat failed on
+    stopped: bool = False          # should_stop said so: the figures are partial
+
+    def skipped(self) -> frozenset[str]:
+        """Paths the scan could not look into: the unreadable folders and the entries
+        it could not measure (one of those may be a folder too)."""
+        return frozenset(self.unreadable).union(self.unmeasured)
+
+
+def _within(rel: str, skipped: frozenset[str]) -> bool:
+    """Whether `rel` is one of `skipped` or lies under one of them."""
+    if not skipped:
+        return False
+    parts = rel.split("/")
+    return any("/".join(parts[:n]) in skipped for n in range(1, len(parts) + 1))
+
+
+def scan_folder(root: str, wanted: set[str], errors: list[str],
+                should_stop: Callable[[], bool] = lambda: False) -> Scan:
+    """Measure every regular file under `root`; keep the `wanted` ones' figures.
+
+    Symlinks are neither followed nor counted. Bytes are the files' sizes
+    (what `ls -l` shows), which is what deleting one gives back. A folder or
+    an entry that cannot be read is reported in `errors` and listed, so that
+    nothing in it is taken for missing. `should_stop` is asked before each
+    folder: a tree of thousands on a slow disk must not hold up a stop.
     """
-    total, count = 0, 0
-    found: dict[str, _Found] = {}
-    unreadable: list[str] = []
+    scan = Scan()
     pending = [""]
     while pending:
+        if should_stop():
+            scan.stopped = True
+            return scan
         rel_dir = pending.pop()
         try:
             with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as entries:
@@ -325,100 +359,20 @@ def scan_folder(root: str, wanted: set[str], errors: list[str]
                             continue
                         st = entry.stat(follow_symlinks=False)
                     except OSError as exc:
-                        errors.append(f"cannot measure {entry.path}: {exc.strerror or exc}")
+                        scan.unmeasured.append(rel)
+                        errors.append(f"cannot measure {entry.path}: {exc.strerror or exc}"
+                                      " (neither counted nor pruned)")
                         continue
-                    total += st.st_size
-                    count += 1
+                    scan.total += st.st_size
+                    scan.files += 1
                     if rel in wanted:
-                        found[rel] = _Found(st.st_size, st.st_mtime, st.st_dev, st.st_ino)
+                        scan.found[rel] = _Found(st.st_size, st.st_mtime, st.st_dev,
+                                                 st.st_ino)
         except OSError as exc:
             if not rel_dir:
                 raise RetentionError(f"cannot read the recordings folder {root}:"
                                      f" {exc.strerror or exc}") from None
-            unreadable.append(rel_dir)
+            scan.unreadable.append(rel_dir)
             errors.append(f"cannot read {os.path.join(root, rel_dir)}: {exc.strerror or exc}"
                           " (its files are neither counted nor pruned)")
-    return total, count, found, unreadable
-
-
-# -- in the daemon ----------------------------------------------------------------
-
-class RetentionTask:
-    """The daemon's schedule: a prune every `interval` seconds, in a worker thread.
-
-    The config is read at each round, so a reload (SIGHUP) can enable,
-    disable or retune retention. A failed run is logged and tried again at
-    the next round: retention is housekeeping, never a reason to stop taking
-    calls. Marks go through the daemon's group-commit writer (`write`); the
-    records are read on a read-only connection of the thread's own.
-    """
-
-    def __init__(self, config: Callable[[], Config],
-                 write: Callable[[str, list[dict[str, Any]]], Awaitable[None]],
-                 store_path: Path) -> None:
-        self._config = config
-        self._write = write
-        self._store_path = store_path
-        self.runs = 0  # completed runs (tests, metrics)
-
-    async def run_forever(self) -> None:
-        delay = min(self._config().recordings.retention.interval, FIRST_PRUNE_DELAY)
-        while True:
-            await asyncio.sleep(delay)
-            await self.run_once()
-            delay = self._config().recordings.retention.interval
-
-    async def run_once(self) -> PruneReport | None:
-        config = self._config()
-        retention, folder = config.recordings.retention, config.recordings.dir
-        if not retention.enabled or folder is None:
-            return None
-        loop = asyncio.get_running_loop()
-        stop = threading.Event()
-
-        def mark(rows: list[dict[str, Any]]) -> None:
-            asyncio.run_coroutine_threadsafe(self._write(MARK_DELETED, rows), loop).result(60)
-
-        def work() -> PruneReport:
-            conn = queries.connect(self._store_path, readonly=True)
-            try:
-                return prune(conn, folder, policy_of(retention), mark=mark,
-                             dry_run=retention.dry_run, should_stop=stop.is_set)
-            finally:
-                conn.close()
-
-        future = loop.run_in_executor(None, work)
-        try:
-            report = await asyncio.shield(future)
-        except asyncio.CancelledError:  # stopping: let the batch in hand be deleted and marked
-            stop.set()
-            await asyncio.wait([future], timeout=STOP_WAIT)
-            raise
-        except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
-            log.error("recordings_prune_failed", error=str(exc) or repr(exc),
-                      folder=folder)
-            return None
-        self.runs += 1
-        log_report(report)
-        return report
-
-
-def log_report(report: PruneReport) -> None:
-    """A line per file (capped), one warning per problem, then the summary."""
-    shown = [f for f in report.files if f.result != "changed"][:LOG_FILES]
-    for f in shown:
-        log.info("recording_would_delete" if f.result == "would_delete" else
-                 f"recording_{f.result}", call_id=f.call_id, path=f.path, bytes=f.size,
-                 reason=f.reason, error=f.error)
-    if report.outside:
-        log.warning("recordings_outside_folder", count=len(report.outside),
-                    example=report.outside[0], folder=report.folder)
-    for problem in [*report.unmet, *report.errors][:LOG_FILES]:
-        log.warning("recordings_retention_problem", problem=problem)
-    totals = report.totals()
-    del totals["unmet"], totals["errors"]
-    log.info("recordings_pruned", **totals, more_files=max(0, len(report.files) - len(shown)),
-             folder_before=format_bytes(report.folder_bytes_before),
-             folder_after=format_bytes(report.folder_bytes_after),
-             free_after=format_bytes(report.free_bytes_after))
-
+    return scan

@@ -128,20 +128,24 @@ def _table(report: PruneReport, width: int) -> str:
     rows = [dict(f.as_dict(), file=os.path.basename(f.path),
                  result=f.result.replace("_", " ")) for f in report.files
             if f.result != "missing"]
+    # The file name is the row's only identifier: never cut (the other columns give
+    # way, and a name longer than the room left makes the line longer instead).
+    name = max([len(row["file"]) for row in rows], default=0)
     text = output.render_table(rows, [
         Column("started_at", "CALL", output.local_time, min_width=11, max_width=11),
-        Column("bytes", "SIZE", _size_cell, ">", min_width=9, max_width=10),
+        Column("bytes", "SIZE", _size_cell, ">", min_width=6, max_width=10),
         Column("result", "RESULT", min_width=7, max_width=12),
-        Column("reason", "REASON", min_width=10, max_width=40),
-        Column("file", "FILE", min_width=8, max_width=40),
+        Column("reason", "REASON", min_width=6, max_width=40),
+        Column("file", "FILE", min_width=name, max_width=name),
     ], width=width) if rows else ""
     t = report.totals()
-    verb = "would delete" if report.dry_run else "deleted"
+    count, freed = ((t["would_delete"], t["bytes_would_free"]) if report.dry_run
+                    else (t["deleted"], t["bytes_freed"]))
+    verb = "dry run: would delete" if report.dry_run else "deleted"
     lines = [
-        f"{'dry run: ' if report.dry_run else ''}{verb} {plural(t['deleted'], 'recording')},"
-        f" {format_bytes(t['bytes_freed'])}" + (f"; {plural(t['missing'], 'missing file')}"
-                                              f"{' to mark' if report.dry_run else ' marked'}"
-                                              if t["missing"] else ""),
+        f"{verb} {plural(count, 'recording')}, {format_bytes(freed)}"
+        + (f"; {plural(t['missing'], 'missing file')}"
+           f"{' to mark' if report.dry_run else ' marked'}" if t["missing"] else ""),
         f"folder {report.folder}: {format_bytes(report.folder_bytes_before)} ->"
         f" {format_bytes(report.folder_bytes_after)}"
         + (f" ({format_bytes(report.foreign_bytes)} other files, never deleted)"

@@ -58,6 +58,20 @@ def test_dialled_number(dial_string: str | None, number: str | None) -> None:
     assert dialled_number(dial_string, "RU") == number
 
 
+# Where extensions of 3 or 4 digits are *possible* national numbers: only a valid
+# number is an outside one (else `101` became +49101 and every internal call a callback).
+@pytest.mark.parametrize("region, dial_string, number", [
+    ("DE", "trunk/03012345678", "+493012345678"),
+    ("AT", "015123456@trunk", "+4315123456"),
+    ("GB", "trunk/sip:07911123456@carrier", "+447911123456"),
+    *[(region, extension, None) for region in ("DE", "AT", "GB")
+      for extension in ("101", "102", "phones/200", "IAX2/phones/100", "1000", "2001@pbx")],
+])
+def test_dialled_number_is_never_an_extension(region: str, dial_string: str,
+                                              number: str | None) -> None:
+    assert dialled_number(dial_string, region) == number
+
+
 # -- the synthetic streams -----------------------------------------------------------
 
 def snapshot(channel: str, uniqueid: str, linkedid: str, *, state: str, caller: str,
@@ -144,9 +158,9 @@ def as_message(headers: list[tuple[str, str]]) -> dict[str, object]:
     return message
 
 
-def outbound(messages: list[list[tuple[str, str]]], *,
-             filtered: bool = False) -> list[OutboundAnswered]:
-    tracker = CallTracker(region="RU")
+def outbound(messages: list[list[tuple[str, str]]], *, filtered: bool = False,
+             region: str = "RU") -> list[OutboundAnswered]:
+    tracker = CallTracker(region=region)
     for headers in messages:
         raw = encode_message(headers).decode().rstrip("\r\n")
         if filtered and not wanted(raw):
@@ -165,9 +179,10 @@ def test_an_answered_callback_is_one_outbound_call(filtered: bool) -> None:
                                     number="+79161234567", endpoint="PJSIP/101")
 
 
-def test_internal_and_unanswered_calls_are_none() -> None:
-    assert outbound(INTERNAL) == []
-    assert outbound(UNANSWERED) == []
+@pytest.mark.parametrize("region", ["RU", "DE", "AT", "GB"])
+def test_internal_and_unanswered_calls_are_none(region: str) -> None:
+    assert outbound(INTERNAL, region=region) == []
+    assert outbound(UNANSWERED, region=region) == []
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CAPTURES / "ami").glob("*.txt")))

@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ctrackd.config import RecordingsConfig, load_config
 from ctrackd.configcalls import RetentionConfig
 from ctrackd.daemon import Daemon
 from ctrackd.recordings import prune, relative_path
+from ctrackd.retention_task import RetentionTask
 from ctrackd.store import queries, schema
 from ctrackd.store.recordings import deleted_marks, mark_deleted
 from tests.simulator.ami_server import FakeAmi
@@ -79,18 +81,38 @@ PLANS: list[tuple[str, list[Recording], dict[str, Any], list[tuple[str, str]], l
      [("b", "older than 180 days")], ["1 recording older than 180 days", "modified in the"]),
     ("in progress past the age: kept and said",
      [rec("a", days=200, ended=False)], dict(folder=100, free=10_000, max_age_days=180), [],
-     ["older than 180 days were kept: 1 of calls in progress"]),
-    ("foreign files count toward the size but only ours go",
+     ["1 recording older than 180 days was kept (call in progress)"]),
+    ("other files below the limit: ours go until it is met",
+     [rec("a", days=5), rec("b", days=4), rec("c", days=3)],
+     dict(folder=1000, free=10_000, max_bytes=800),
+     [("a", "folder over 800 B"), ("b", "folder over 800 B")], []),
+    # Deleting every recording of ours would not get there: delete none (else each new
+    # recording would go minutes after its call, round after round, for nothing).
+    ("other files alone over the limit: nothing deleted, said why",
      [rec("a", days=5), rec("b", days=4)], dict(folder=1000, free=10_000, max_bytes=500),
-     [("a", "folder over 500 B"), ("b", "folder over 500 B")],
-     ["stays over 500 B (800 B after this run)", "800 B of it are other files"]),
+     [], ["stays over 500 B (1000 B after this run)",
+          "other files alone take 800 B, which ctrackd never deletes"]),
+    ("out of reach only with the protected ones: nothing deleted either",
+     [rec("open", days=3, ended=False, size=200), rec("b", days=2)],
+     dict(folder=300, free=10_000, max_bytes=150), [],
+     ["stays over 150 B (300 B after this run)", "would still hold 200 B",
+      "kept: 1 (call in progress)"]),
+    ("an unreachable size limit does not stop a reachable free-space one",
+     [rec("a", days=5), rec("b", days=4)],
+     dict(folder=1000, free=50, max_bytes=500, min_free_bytes=120),
+     [("a", "less than 120 B free")], ["other files alone take 800 B"]),
     ("a limit that only protected files could meet says so",
      [rec("a", days=2, ended=False), rec("b", days=1, written=5)],
      dict(folder=200, free=10_000, max_bytes=100), [],
-     ["stays over 100 B", "1 of calls in progress, 1 modified in the last 300 s"]),
-    ("free space that cannot be reached says so", [rec("a", days=2)],
-     dict(folder=100, free=10, min_free_bytes=1000), [("a", "less than 1000 B free")],
-     ["less than 1000 B stays free (110 B after this run)"]),
+     ["stays over 100 B", "kept: 2 (1 call in progress, 1 modified in the last 300 s)"]),
+    ("free space that cannot be reached: nothing deleted, said why", [rec("a", days=2)],
+     dict(folder=100, free=10, min_free_bytes=1000), [],
+     ["less than 1000 B stays free (10 B after this run)",
+      "deleting every recording that may go would free only 100 B"]),
+    ("age deletes anyway when free space is out of reach",
+     [rec("a", days=200), rec("b", days=2)],
+     dict(folder=200, free=10, max_age_days=180, min_free_bytes=1000),
+     [("a", "older than 180 days")], ["less than 1000 B stays free (110 B after this run)"]),
 ]
 
 
@@ -235,7 +257,7 @@ def test_size_limit_deletes_oldest_first_and_keeps_the_open_call(
     site = Site(tmp_path)
     # 5500 bytes in the folder, at most 3000: c1, c2, c3 go; `open` is older but in progress.
     code, out, err = run(capsys, "recordings", "prune", "-c", str(site.config),
-                         "--max-size", "3000", "--format", "json")
+                         "--max-size", "3000B", "--format", "json")
     assert (code, err) == (0, "")
     report = json.loads(out)
     assert [(f["call_id"], f["result"], f["reason"]) for f in report["files"]] == [
@@ -243,6 +265,7 @@ def test_size_limit_deletes_oldest_first_and_keeps_the_open_call(
         ("c3", "deleted", "folder over 2.9 KiB")]
     assert site.left() == {"open", "c4"} and site.foreign.exists()
     assert (report["deleted"], report["bytes_freed"]) == (3, 3000)
+    assert (report["would_delete"], report["bytes_would_free"]) == (0, 0)
     assert (report["folder_bytes_before"], report["folder_bytes_after"]) == (5500, 2500)
     assert report["other_files_bytes"] == 500 and report["kept"] == 1
     marks = site.marks()
@@ -262,8 +285,24 @@ def test_size_limit_deletes_oldest_first_and_keeps_the_open_call(
 
     # A second run has nothing left to do: the marked records are not walked again.
     code, out, _ = run(capsys, "recordings", "prune", "-c", str(site.config),
-                       "--max-size", "3000", "--format", "json")
+                       "--max-size", "3000B", "--format", "json")
     assert code == 0 and json.loads(out)["files"] == []
+
+
+def test_a_size_limit_other_files_alone_exceed_deletes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The PBX's own recordings share the monitor folder and fill it past the limit."""
+    site = Site(tmp_path, open_call=False)
+    make_file(site.folder / "2024/01/01/q-600-123.wav", 6000, hours_ago=48)
+    code, out, err = run(capsys, "recordings", "prune", "-c", str(site.config),
+                         "--max-size", "5000B", "--format", "json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert site.left() == set(site.files) and report["files"] == []
+    assert report["folder_bytes_after"] == report["folder_bytes_before"] == 11500
+    (unmet,) = report["unmet"]
+    assert "other files alone take 6.3 KiB, which ctrackd never deletes" in unmet
+    assert all(mark == (None, None) for mark in site.marks().values())
 
 
 def test_dry_run_deletes_and_marks_nothing(tmp_path: Path,
@@ -278,7 +317,14 @@ def test_dry_run_deletes_and_marks_nothing(tmp_path: Path,
     assert "would delete" in out and "older than 0.1 days" in out
     assert "ctrackd-c1.wav" in out and "other-tool.wav" not in out
     assert "(500 B other files, never deleted)" in out
-    assert "limit not met: 1 recording older than 0.1 days were kept: 1 of calls" in out
+    assert "limit not met: 1 recording older than 0.1 days was kept (call in progress)" in out
+    code, out, err = run(capsys, "recordings", "prune", "-c", str(site.config), "--dry-run",
+                         "--format", "json")
+    report = json.loads(out)
+    assert (report["dry_run"], report["deleted"], report["bytes_freed"]) == (True, 0, 0)
+    assert (report["would_delete"], report["bytes_would_free"]) == (3, 3000)
+    assert (report["folder_bytes_before"], report["folder_bytes_after"]) == (4500, 1500)
+    assert {f["result"] for f in report["files"]} == {"would_delete", "missing"}
 
 
 def test_config_limits_missing_files_and_table(tmp_path: Path,
@@ -305,6 +351,22 @@ def test_config_limits_missing_files_and_table(tmp_path: Path,
     assert [line.split()[-1] for line in lines[1:4]] == [
         "ctrackd-c1.wav", "ctrackd-c2.wav", "ctrackd-c3.wav"]
     assert lines[4] == "deleted 3 recordings, 2.9 KiB; 2 missing files marked"
+
+
+def test_the_table_never_cuts_the_file_name(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The file name is the only identifier in the table: other columns give way."""
+    site = Site(tmp_path, open_call=False)
+    name = "ctrackd-1795342174.11.wav"
+    save_call(site.store, "1795342174.11", hours_ago=7, recording=str(site.folder / name))
+    make_file(site.folder / name, 1000, hours_ago=6)
+    # 82 columns of content: the reason gives two, never the file name.
+    code, out, err = run(capsys, "recordings", "prune", "-c", str(site.config), "--dry-run",
+                         "--max-age-days", "0.01")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[1].split()[-1] == name and "would delete" in lines[1]
+    assert all(len(line) <= 80 for line in lines[:2])
 
 
 def test_records_outside_the_folder_and_symlinks_are_never_followed(
@@ -339,7 +401,7 @@ def test_a_folder_with_no_files_marks_nothing_missing(
 
 @pytest.mark.parametrize("retention, words, message", [
     ("", [], "retention is not configured in"),
-    ("", ["--max-size", "lots"], "argument --max-size: expected a size such as 500M"),
+    ("", ["--max-size", "lots"], "argument --max-size: expected a size with its unit"),
     ("", ["--max-age-days", "0"], "argument --max-age-days: expected a number of days"),
 ])
 def test_bad_or_missing_settings_are_sentences(tmp_path: Path,
@@ -366,16 +428,17 @@ def test_no_folder_configured_or_found(tmp_path: Path,
     assert code == 1 and f"the recordings folder {site.folder} does not exist" in err
 
 
-def run_unprivileged(words: list[str], folder: Path) -> tuple[int, str, str]:
-    """`ctrackd WORDS` in a process that may not write in folder/locked.
+def run_unprivileged(words: list[str], folder: Path,
+                     mode: int = 0o555) -> tuple[int, str, str]:
+    """`ctrackd WORDS` in a process to which folder/locked has `mode` (default: no writing).
 
     Root may delete anything, so as root a forked child drops to nobody
     (the modules are already loaded: nothing to read from root's home);
-    otherwise the folder is made read-only for this run.
+    otherwise the folder gets `mode` for this run.
     """
     out_path, err_path = folder.parent / "out.txt", folder.parent / "err.txt"
+    os.chmod(folder / "locked", mode)
     if os.geteuid() != 0:
-        os.chmod(folder / "locked", 0o555)
         try:
             with open(out_path, "w") as out, open(err_path, "w") as err:
                 saved, sys.stdout, sys.stderr = (sys.stdout, sys.stderr), out, err
@@ -406,24 +469,31 @@ def run_unprivileged(words: list[str], folder: Path) -> tuple[int, str, str]:
     out.close()
     err.close()
     _, status = os.waitpid(pid, 0)
+    os.chmod(folder / "locked", 0o755)
     return os.waitstatus_to_exitcode(status), out_path.read_text(), err_path.read_text()
+
+
+def locked_site(base: Path) -> tuple[Site, Path]:
+    """A Site whose recording of call `z` lies in folder/locked (root's; the rest nobody's)."""
+    os.chmod(base, 0o755)
+    site = Site(base)
+    locked = site.folder / "locked"
+    locked.mkdir()
+    mine = make_file(locked / "ctrackd-z.wav", 1000, hours_ago=30)
+    save_call(site.store, "z", hours_ago=30, recording=str(mine))
+    if os.geteuid() == 0:  # all but locked/ belong to nobody
+        for path in (base, site.store.parent, *site.store.parent.iterdir(), site.folder,
+                     *site.folder.iterdir(), site.config):
+            os.chown(path, 65534, 65534)
+        os.chown(locked, 0, 0)
+    return site, mine
 
 
 def test_permission_errors_are_reported_and_the_run_goes_on() -> None:
     """Files the process may not delete stay, with a word on stderr and exit 1; the rest go."""
     base = Path(tempfile.mkdtemp(dir="/tmp"))  # not pytest's 0700 folder: nobody reads this
     try:
-        os.chmod(base, 0o755)
-        site = Site(base)
-        locked = site.folder / "locked"
-        locked.mkdir()
-        mine = make_file(locked / "ctrackd-z.wav", 1000, hours_ago=30)
-        save_call(site.store, "z", hours_ago=30, recording=str(mine))
-        if os.geteuid() == 0:  # all but locked/ belong to nobody
-            for path in (base, site.store.parent, *site.store.parent.iterdir(), site.folder,
-                         *site.folder.iterdir(), site.config):
-                os.chown(path, 65534, 65534)
-            os.chown(locked, 0, 0)
+        site, mine = locked_site(base)
         code, out, err = run_unprivileged(["recordings", "prune", "-c", str(site.config),
                                            "--max-age-days", "0.01", "--format", "json"],
                                           site.folder)
@@ -443,6 +513,56 @@ def test_permission_errors_are_reported_and_the_run_goes_on() -> None:
         shutil.rmtree(base)
 
 
+def test_a_file_that_cannot_be_measured_is_not_taken_for_missing() -> None:
+    """Its folder may be listed but not searched (r--): lstat fails, as EIO or ESTALE would.
+
+    The file is there: marking it `missing` would hide it from every later run.
+    """
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        site, mine = locked_site(base)
+        code, out, err = run_unprivileged(["recordings", "prune", "-c", str(site.config),
+                                           "--max-age-days", "0.01", "--format", "json"],
+                                          site.folder, mode=0o444)
+        assert code == 1 and f"cannot measure {mine}: Permission denied" in err, err
+        report = json.loads(out)
+        assert {f["call_id"]: f["result"] for f in report["files"]} == {
+            "c1": "deleted", "c2": "deleted", "c3": "deleted", "c4": "deleted"}
+        assert mine.exists() and site.marks()["c1"][1] == "older than 0.01 days"
+        conn = queries.connect(site.store, readonly=True)
+        try:
+            assert deleted_marks(conn, ["z"])["z"] == (None, None)
+        finally:
+            conn.close()
+        # Measurable again, the next run finds it and applies the limit.
+        code, out, err = run_unprivileged(["recordings", "prune", "-c", str(site.config),
+                                           "--max-age-days", "0.01", "--format", "json"],
+                                          site.folder, mode=0o777)
+        assert (code, err) == (0, "")
+        assert [(f["call_id"], f["result"]) for f in json.loads(out)["files"]] == [
+            ("z", "deleted")]
+        assert not mine.exists()
+    finally:
+        shutil.rmtree(base)
+
+
+def after_the_scan(folder: Path, then: Callable[[], bool]) -> Callable[[], bool]:
+    """A `should_stop` for prune() whose `then` answers only once the scan is over.
+
+    The scan asks once per folder it reads, then the run before each deletion:
+    the seam a race would use (a file changed between measuring and deleting).
+    """
+    folders = 1 + sum(len(dirs) for _, dirs, _ in os.walk(folder))
+    asked = 0
+
+    def should_stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > folders and then()
+
+    return should_stop
+
+
 def test_a_file_swapped_after_the_scan_is_not_deleted(tmp_path: Path) -> None:
     """Between measuring and deleting, a folder becomes a symlink out, a file is replaced."""
     site = Site(tmp_path)
@@ -450,18 +570,24 @@ def test_a_file_swapped_after_the_scan_is_not_deleted(tmp_path: Path) -> None:
     save_call(site.store, "s", hours_ago=30, recording=str(sub))
     outside = make_file(tmp_path / "outside" / "ctrackd-s.wav", 1000, hours_ago=30)
 
-    def swap() -> bool:  # called before each deletion: the seam a race would use
+    def swap() -> bool:
         if (site.folder / "sub").is_dir() and not (site.folder / "sub").is_symlink():
             shutil.rmtree(site.folder / "sub")
             (site.folder / "sub").symlink_to(outside.parent)
             site.files["c1"].unlink()
             make_file(site.files["c1"], 1000, hours_ago=5)  # another file, same name
+            # The same file written to, its time set back (`touch -r`): only the size says so.
+            c3, when = site.files["c3"], site.files["c3"].stat().st_mtime
+            with c3.open("ab") as f:
+                f.write(b"\0" * 500)
+            os.utime(c3, (when, when))
         return False
 
     conn = queries.connect(site.store, readonly=False)
     try:
         report = prune(conn, site.folder, Policy(max_age_days=0.1), dry_run=False,
-                       mark=lambda rows: mark_deleted(conn, rows), should_stop=swap)
+                       mark=lambda rows: mark_deleted(conn, rows),
+                       should_stop=after_the_scan(site.folder, swap))
     finally:
         conn.close()
     results = {f.call_id: (f.result, f.error) for f in report.files}
@@ -469,6 +595,7 @@ def test_a_file_swapped_after_the_scan_is_not_deleted(tmp_path: Path) -> None:
     assert results["c1"] == ("changed", "changed since it was measured: kept")
     assert site.files["c1"].exists() and site.marks()["c1"] == (None, None)
     assert results["c2"] == ("deleted", None) and not site.files["c2"].exists()
+    assert results["c3"][0] == "changed" and site.files["c3"].stat().st_size == 1500
 
 
 # -- the daemon's schedule -----------------------------------------------------------
@@ -544,6 +671,65 @@ async def test_daemon_survives_a_failing_prune(tmp_path: Path, ami: FakeAmi) -> 
         await daemon.stop()
 
 
+async def test_reschedule_applies_a_new_interval_at_once(tmp_path: Path) -> None:
+    """A reload from 3600 s to a short interval must not wait out the hour (60 s here)."""
+    site = Site(tmp_path, open_call=False)
+    retention = RetentionConfig(max_bytes=3000, interval=3600, dry_run=True)
+    config = replace(load_config(site.config),
+                     recordings=RecordingsConfig(dir=str(site.folder), retention=retention))
+    current = [config]
+
+    async def write(sql: str, rows: list[dict[str, Any]]) -> None:
+        raise AssertionError("a dry run marks nothing")
+
+    task = RetentionTask(lambda: current[0], write, site.store)
+    runner = asyncio.create_task(task.run_forever())
+    try:
+        while task.next_round is None:  # waiting for its first round, a minute away
+            await asyncio.sleep(0.01)
+        current[0] = replace(config, recordings=RecordingsConfig(
+            dir=str(site.folder), retention=replace(retention, interval=0.05)))
+        task.reschedule()
+        deadline = time.monotonic() + 20
+        while task.runs < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert task.runs >= 2, "the new interval did not apply"
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert site.left() == set(site.files)
+
+
+async def test_a_reload_that_changes_retention_reschedules_it(tmp_path: Path,
+                                                              ami: FakeAmi) -> None:
+    site = Site(tmp_path, open_call=False)
+    plain = DAEMON_CONFIG.format(ami_port=ami.port, folder=site.folder)
+
+    def with_interval(seconds: int) -> str:
+        return plain.replace(f"recordings: {{dir: {site.folder}}}", (
+            f"recordings:\n  dir: {site.folder}\n  retention: {{max_size: 3000B,"
+            f" interval: {seconds}, dry_run: true}}"))
+
+    site.config.write_text(with_interval(3600), encoding="utf-8")
+    daemon = Daemon(load_config(site.config), stop_grace=1.0)
+    await daemon.start()
+    try:
+        task = daemon.retention
+        assert task is not None
+        while task.next_round is None:
+            await asyncio.sleep(0.01)
+        first = task.next_round  # a minute after the start
+        site.config.write_text(with_interval(10), encoding="utf-8")
+        assert daemon.reload()
+        deadline = time.monotonic() + 10
+        while task.next_round == first and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert task.next_round is not None and task.next_round == pytest.approx(first - 50, abs=1)
+        assert task.runs == 0
+    finally:
+        await daemon.stop()
+
+
 def test_a_stop_request_ends_the_run_with_what_was_deleted_marked(tmp_path: Path) -> None:
     """The daemon stopping mid-run: no more deletions, the ones done are marked."""
     site = Site(tmp_path)
@@ -556,9 +742,35 @@ def test_a_stop_request_ends_the_run_with_what_was_deleted_marked(tmp_path: Path
     conn = queries.connect(site.store, readonly=False)
     try:
         report = prune(conn, site.folder, Policy(max_age_days=0.01), dry_run=False,
-                       mark=lambda rows: mark_deleted(conn, rows), should_stop=stop_after_two)
+                       mark=lambda rows: mark_deleted(conn, rows),
+                       should_stop=after_the_scan(site.folder, stop_after_two))
     finally:
         conn.close()
     assert report.stopped and site.left() == {"open", "c3", "c4"}
     marks = site.marks()
     assert [marks[c][1] for c in ("c1", "c2", "c3")] == ["older than 0.01 days"] * 2 + [None]
+
+
+def test_a_stop_request_during_the_scan_ends_the_walk_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """A big tree on a slow disk: the daemon must not wait for the walk to finish."""
+    site = Site(tmp_path)
+    os.remove(site.files["c4"])  # would be marked missing by a run that went on
+    for n in range(20):
+        make_file(site.folder / f"2024/{n:02d}/q-{n}.wav", 10, hours_ago=48)
+    asked: list[int] = []
+
+    def stop_at_the_third_folder() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    conn = queries.connect(site.store, readonly=False)
+    try:
+        report = prune(conn, site.folder, Policy(max_age_days=0.01), dry_run=False,
+                       mark=lambda rows: mark_deleted(conn, rows),
+                       should_stop=stop_at_the_third_folder)
+    finally:
+        conn.close()
+    assert report.stopped and report.files == [] and len(asked) == 3
+    assert site.left() == {"open", "c1", "c2", "c3"}
+    assert all(mark == (None, None) for mark in site.marks().values())

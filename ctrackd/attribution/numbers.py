@@ -67,6 +67,21 @@ def _normalise(raw: str, region: str) -> str | None:
     return ("+" + digits) if text.startswith("+") else digits
 
 
+@lru_cache(maxsize=4096)
+def is_valid_e164(number: str) -> bool:
+    """Whether an E.164 number (`+49...`) is a valid one, not merely a possible one.
+
+    `normalise_number` accepts "possible" numbers too (a caller ID is what it
+    is). Deciding whether a dialled string reaches outside is stricter: in
+    Germany or Austria a 3- or 4-digit extension is a possible number (`101`
+    becomes +49101), never a valid one. Cached: judged per outbound Dial.
+    """
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(number, None))
+    except phonenumbers.NumberParseException:
+        return False
+
+
 def masked(number: str) -> str:
     """`+79161234567` -> `+7916***4567`: enough to tell callers apart, not to dial them.
 

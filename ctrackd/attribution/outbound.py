@@ -18,14 +18,16 @@ Asterisk actually sent to the trunk:
   `89161234567@outbound/n` for a Local channel) carries the number after
   every rewrite, because the trunk needs it.
 
-So the number is the rightmost part of the DialString that is a phone
-number. `normalise_number` decides: an internal extension (`101`, `phones/200`)
-stays bare digits and is not an outside number.
+So the number is the rightmost part of the DialString that is a *valid*
+phone number: `normalise_number` reads it as E.164, and `is_valid_e164`
+must accept it. "Possible" is not enough: in Germany, Austria and the like
+an internal extension (`101`, `phones/200`) is a possible national number
+(`+49101`), and every internal call would count as a call to a customer.
 """
 
 from __future__ import annotations
 
-from ctrackd.attribution.numbers import normalise_number
+from ctrackd.attribution.numbers import is_valid_e164, normalise_number
 
 _SCHEMES = ("sip:", "sips:", "tel:")
 
@@ -44,6 +46,6 @@ def dialled_number(dial_string: str | None, region: str) -> str | None:
         if not user or ":" in user or not user.lstrip("+").isdigit():
             continue
         number = normalise_number(user, region)
-        if number is not None and number.startswith("+"):
+        if number is not None and number.startswith("+") and is_valid_e164(number):
             return number
     return None

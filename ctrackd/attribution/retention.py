@@ -14,6 +14,17 @@ What is never deleted, whatever the limits say:
   Asterisk's and may hold other tools' files. Those count toward the folder's
   size (they take the space) but are never passed in, so never chosen.
 When a limit cannot be met because of these, the plan says so and why.
+
+A size or free-space limit that deleting every deletable recording could not
+meet deletes nothing at all, for that limit: the usual cause is the PBX's own
+recordings in the same monitor folder, or another program filling the disk.
+Deleting ours anyway would not meet the limit, and would go on every round:
+each new recording deleted minutes after its call, for ever, while the folder
+or the disk stays over. Partial progress toward free space was weighed and
+refused too: what ours would give back is at most their total, a few hours'
+reprieve for a disk someone else fills, bought with every recording. The plan
+says the limit is unmet and why, and the admin fixes the real cause. The age
+limit is unaffected (it deletes what is past it whatever the others say).
 """
 
 from __future__ import annotations
@@ -112,13 +123,19 @@ def plan_retention(recordings: Sequence[Recording], *, folder_bytes: int, free_b
 
     folder = folder_bytes - sum(recordings[i].size for i in chosen)
     free = free_bytes + sum(recordings[i].size for i in chosen)
+    # What deleting every recording that may go would give back: a limit it
+    # cannot meet deletes nothing (module docstring).
+    deletable = sum(r.size for i, r in enumerate(recordings) if protection[i] is None)
+    max_bytes, min_free = policy.max_bytes, policy.min_free_bytes
+    size_reachable = max_bytes is not None and folder_bytes - deletable <= max_bytes
+    free_reachable = min_free is not None and free_bytes + deletable >= min_free
 
     def pressure() -> list[str]:
         reasons = []
-        if policy.max_bytes is not None and folder > policy.max_bytes:
-            reasons.append(f"folder over {format_bytes(policy.max_bytes)}")
-        if policy.min_free_bytes is not None and free < policy.min_free_bytes:
-            reasons.append(f"less than {format_bytes(policy.min_free_bytes)} free")
+        if size_reachable and max_bytes is not None and folder > max_bytes:
+            reasons.append(f"folder over {format_bytes(max_bytes)}")
+        if free_reachable and min_free is not None and free < min_free:
+            reasons.append(f"less than {format_bytes(min_free)} free")
         return reasons
 
     for i, r in enumerate(recordings):
@@ -134,7 +151,12 @@ def plan_retention(recordings: Sequence[Recording], *, folder_bytes: int, free_b
         folder -= r.size
         free += r.size
 
-    unmet = _unmet(policy, kept, kept_old, folder, free, foreign)
+    if (max_bytes is not None and not size_reachable) or (
+            min_free is not None and not free_reachable):
+        # An unmet limit wants every recording: the protected ones are kept from it.
+        kept.update((i, why) for i, why in enumerate(protection) if why is not None)
+    unmet = _unmet(policy, kept, kept_old, folder, free, foreign,
+                   floor=folder_bytes - deletable, deletable=deletable)
     return RetentionPlan(
         deletions=tuple(Deletion(recordings[i], chosen[i]) for i in sorted(chosen)),
         kept=tuple(Kept(recordings[i], kept[i]) for i in sorted(kept)),
@@ -153,35 +175,48 @@ def _protection(r: Recording, policy: Policy, now: float) -> str | None:
 
 
 def _unmet(policy: Policy, kept: dict[int, str], kept_old: dict[int, str],
-           folder: int, free: int, foreign: int) -> list[str]:
-    protected = _count_kept(kept, policy.settle_seconds)
-    also = f"; kept: {protected}" if protected else ""
+           folder: int, free: int, foreign: int, *, floor: int, deletable: int) -> list[str]:
+    """One sentence per limit not met. `floor`: the folder with every deletable
+    recording gone; `deletable`: their bytes. A size or free-space limit is only
+    ever unmet when even those could not meet it (then nothing went for it)."""
+    also = (f"; kept: {len(kept)} ({_kept_why(kept, policy.settle_seconds)})"
+            if kept else "")
     unmet = []
     if kept_old:
+        was = "was" if len(kept_old) == 1 else "were"
         unmet.append(f"{plural(len(kept_old), 'recording')} older than"
-                     f" {policy.max_age_days:g} days"
-                     f" were kept: {_count_kept(kept_old, policy.settle_seconds)}")
+                     f" {policy.max_age_days:g} days {was} kept"
+                     f" ({_kept_why(kept_old, policy.settle_seconds)})")
     if policy.max_bytes is not None and folder > policy.max_bytes:
-        others = (f"{format_bytes(foreign)} of it are other files, which ctrackd never"
-                  " deletes" if foreign else "no other ctrackd recording may go")
+        if foreign > policy.max_bytes:
+            why = (f"other files alone take {format_bytes(foreign)}, which ctrackd never"
+                   " deletes")
+        else:
+            why = (f"with every recording that may go deleted it would still hold"
+                   f" {format_bytes(floor)}"
+                   + (f" ({format_bytes(foreign)} of it other files)" if foreign else ""))
         unmet.append(f"the folder stays over {format_bytes(policy.max_bytes)}"
-                     f" ({format_bytes(folder)} after this run): {others}{also}")
+                     f" ({format_bytes(folder)} after this run): {why}, so no recording"
+                     f" was deleted for this limit{also}")
     if policy.min_free_bytes is not None and free < policy.min_free_bytes:
         unmet.append(f"less than {format_bytes(policy.min_free_bytes)} stays free"
-                     f" ({format_bytes(free)} after this run): no other ctrackd recording"
-                     f" may go{also}")
+                     f" ({format_bytes(free)} after this run): deleting every recording"
+                     f" that may go would free only {format_bytes(deletable)}, so none was"
+                     f" deleted for this limit (other files fill the disk){also}")
     return unmet
 
 
-def _count_kept(kept: dict[int, str], settle: float) -> str:
+def _kept_why(kept: dict[int, str], settle: float) -> str:
+    """`call in progress`, `calls in progress`, `1 call in progress, 2 modified in the
+    last 300 s`: the part in brackets after a count of kept recordings."""
     in_progress = sum(1 for why in kept.values() if why == "call in progress")
     fresh = len(kept) - in_progress
-    parts = []
-    if in_progress:
-        parts.append(f"{in_progress} of calls in progress")
-    if fresh:
-        parts.append(f"{fresh} modified in the last {settle:g} s")
-    return ", ".join(parts)
+    if not fresh:
+        return "call in progress" if in_progress == 1 else "calls in progress"
+    written = f"modified in the last {settle:g} s"
+    if not in_progress:
+        return written
+    return f"{plural(in_progress, 'call')} in progress, {fresh} {written}"
 
 
 def plural(count: int, noun: str) -> str:
