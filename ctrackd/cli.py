@@ -367,6 +367,23 @@ def _recordings_command(args: argparse.Namespace) -> int:
     return recordings_command(args, load_config(args.config), _width())
 
 
+# -- export ------------------------------------------------------------------------
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.export_command import export_arguments
+    export_arguments(p, _range_arguments)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from ctrackd.export_command import ExportError, run_export
+    config = load_config(args.config)
+    with _reading(config.store.path) as conn:
+        try:
+            return run_export(args, config, conn)
+        except ExportError as exc:
+            raise CliError(str(exc)) from None
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("run the daemon (FastAGI + AMI), as systemd does", lambda p: None,
                    run_command),
@@ -390,6 +407,9 @@ COMMANDS: dict[str, Command] = {
     "recordings": Command("recording retention: `recordings prune [--dry-run]` deletes the"
                           " oldest recordings past the limits", _recordings_arguments,
                           _recordings_command),
+    "export": Command("offline conversions for Yandex Metrica, Google Ads (calls, clicks) and"
+                      " GA4, in each system's documented format (docs/exports.md)",
+                      _export_arguments, _export_command),
 }
 
 

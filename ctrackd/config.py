@@ -32,9 +32,11 @@ from ctrackd.configdynamic import (
     web_section,
 )
 from ctrackd.configcalls import (
+    ExportsConfig,
     HookConfig,
     PromoConfig,
     RetentionConfig,
+    exports_section,
     hooks_section,
     promo_section,
     retention_section,
@@ -115,6 +117,7 @@ class Config:
     promo: PromoConfig = field(default_factory=PromoConfig)
     targets: TargetRule = field(default_factory=TargetRule)  # the global target rule
     hooks: tuple[HookConfig, ...] = ()
+    exports: ExportsConfig = field(default_factory=ExportsConfig)   # docs/exports.md
 
     def static_plan(self) -> StaticPlan:
         return StaticPlan(channels=self.channels, numbers=self.numbers,
@@ -157,7 +160,8 @@ def load_config(path: str | Path) -> Config:
                           f"found an empty file")
     return _build(reader, reader.mapping(root, "", {
         "ami", "agi", "store", "recordings", "phone_region", "defaults", "channels",
-        "numbers", "log", "pools", "utm_rules", "web", "promo", "targets", "hooks"},
+        "numbers", "log", "pools", "utm_rules", "web", "promo", "targets", "hooks",
+        "exports"},
         required={"ami", "store", "defaults"}), source)
 
 
@@ -179,6 +183,7 @@ def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
         pools=pools, utm_rules=utm_rules_section(r, top.get("utm_rules"), channels), web=web,
         promo=promo_section(r, top.get("promo")), targets=targets,
         hooks=hooks_section(r, top.get("hooks")),
+        exports=exports_section(r, top.get("exports"), channels),
     )
 
 
