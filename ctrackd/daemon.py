@@ -18,6 +18,7 @@ import asyncio
 import os
 import secrets
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -45,8 +46,10 @@ from ctrackd.logs import configure_logging, mask_number
 from ctrackd.retention_task import RetentionTask
 from ctrackd.store import queries
 from ctrackd.store.database import Store
+from ctrackd.store.schema import StoreError
 from ctrackd.store.outbound import UPSERT_OUTBOUND, outbound_rows
 from ctrackd.store.promo import UPSERT_PROMO, promo_params, read_attribution
+from ctrackd.store.sessions import UPSERT_SESSION, load_sessions, purge_sessions, session_rows
 from ctrackd.store.judge import Judged, JudgeWorker
 from ctrackd.systemd import SystemdNotifier
 from ctrackd.web.server import WebServer
@@ -57,6 +60,8 @@ log = structlog.get_logger("ctrackd")
 _RESTART_ONLY = ("ami", "agi", "store", "web")
 #: seconds between pool housekeeping rounds (expiry, usage written to the store)
 POOL_TICK = 60.0
+#: seconds between writes of changed visitor sessions (what a crash can lose; docs/promo.md)
+SESSION_FLUSH = 1.0
 #: seconds hook deliveries under way may take to finish when the daemon stops
 HOOK_STOP_GRACE = 2.0
 
@@ -130,6 +135,8 @@ class Daemon:
                                    code_length=cfg.promo.length)
         open_calls = await self.store.open_calls()
         self.tracker.restore(open_calls)
+        if self.dynamic is not None:  # before the web and AGI sides ask about them
+            await self._restore_sessions()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.ami = AmiConnection(
             host=cfg.ami.host, port=cfg.ami.port, username=cfg.ami.username,
@@ -158,6 +165,7 @@ class Daemon:
             self.web_address = await self.web.start()
         if self.dynamic is not None:
             self._watch(asyncio.create_task(self._pool_housekeeping(), name="pools"))
+            self._watch(asyncio.create_task(self._flush_sessions_forever(), name="sessions"))
         # Always scheduled: a reload may turn retention on; off, a round does nothing.
         self.retention = RetentionTask(lambda: self.config, self.store.write, cfg.store.path)
         self._watch(asyncio.create_task(self.retention.run_forever(), name="retention"))
@@ -203,6 +211,7 @@ class Daemon:
             if self.store is not None:
                 if self.dynamic is not None:
                     await self._save_pool_usage()
+                    await self.flush_sessions()  # the web side is closed: nothing changes now
                 await self.store.close()
         log.info("daemon_stopped", agi_sessions_cancelled=cancelled,
                  seconds=round(time.monotonic() - started, 3))
@@ -281,6 +290,58 @@ class Daemon:
             if self.dynamic is not None:
                 self.dynamic.expire(self.clock())
             await self._save_pool_usage()
+            await self.flush_sessions()
+            await self._purge_sessions()
+
+    async def _restore_sessions(self) -> None:
+        """The visitor sessions and promo codes of the last run (store/sessions.py).
+
+        A store that cannot be read here is logged, not fatal: calls must still
+        be tracked, and the daemon then knows only new sessions (as before a
+        restart kept any).
+        """
+        assert self.store is not None and self.dynamic is not None
+        plan, now = self.dynamic, self.clock()
+        try:
+            saved = await asyncio.to_thread(load_sessions, self.store.path, now)
+        except (sqlite3.Error, StoreError) as exc:
+            log.error("web_sessions_restore_failed", error=repr(exc))
+            return
+        restored = plan.restore(saved, now)
+        log.info("web_sessions_restored", sessions=restored, live=len(plan.sessions),
+                 codes=len(plan.promo) if plan.promo is not None else 0)
+
+    async def _flush_sessions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_FLUSH)
+            await self.flush_sessions()
+
+    async def flush_sessions(self) -> int:
+        """Write the sessions changed since the last flush as one batch; how many.
+
+        Off the request path: the web side only marks sessions dirty. A failed
+        write marks them again for the next round.
+        """
+        plan = self.dynamic
+        if plan is None or self.store is None or not plan.dirty:
+            return 0
+        taken = plan.take_dirty()
+        rows = session_rows(taken)  # now: the plan goes on changing the sessions
+        try:
+            await self.store.write(UPSERT_SESSION, rows)
+        except Exception as exc:  # retried next round, never the daemon's end
+            log.error("web_sessions_save_failed", sessions=len(rows), error=repr(exc))
+            (self.dynamic or plan).mark_dirty(session for session, _ in taken)
+            return 0
+        return len(rows)
+
+    async def _purge_sessions(self) -> None:
+        """Delete the stored sessions whose code and life have both ended."""
+        assert self.store is not None
+        try:
+            await asyncio.to_thread(purge_sessions, self.store.path, self.clock())
+        except (sqlite3.Error, StoreError) as exc:  # tried again next round
+            log.error("web_sessions_purge_failed", error=repr(exc))
 
     async def _save_pool_usage(self) -> None:
         """The current and previous usage buckets of every pool, for `ctrackd pools`."""

@@ -515,3 +515,23 @@ def test_a_page_asking_for_another_pool_gets_that_pools_number() -> None:
     session, spb = plan.start_session(normalise_visit({"visitor_id": "v", "pool": "spb"}), 10.0)
     assert (moscow.number, spb.number, session.pool) == ("+74950000001", "+78120000001", "spb")
     assert plan.pools["moscow"].held == 0  # the Moscow number is free for the next visitor
+
+
+def test_a_restarted_pool_remembers_who_last_showed_a_number() -> None:
+    """After a restart no lease is held, but a number answers for its last holder
+    within grace, goes back to that holder first, and to newcomers last."""
+    pool = PoolState(PoolSpec("site", (A, B, C), hold_seconds=HOLD, grace_seconds=GRACE))
+    restart = 10_000.0
+    pool.remember("gone", C, restart - HOLD - GRACE - 1, restart)  # grace over: forgotten
+    pool.remember("old", B, restart - HOLD - 10, restart)          # hold ran out 10 s ago
+    pool.remember("live", A, restart - 5, restart)                 # held until the restart
+    pool.remember("other", OVER, restart - 5, restart)             # not a pool number
+    assert (pool.held, pool.demand) == (0, 0)                      # no lease came back
+    assert pool.holder(A, restart + 1) == ("live", EXPIRED)
+    assert pool.holder(B, restart + 1) == ("old", EXPIRED)
+    assert pool.holder(B, restart - 10 + GRACE) == (None, NONE)
+    assert pool.holder(C, restart + 1) == (None, NONE)
+    assert not pool.heartbeat("live", restart + 2)                 # the page must renew
+    assert pool.lease("new", restart + 3).number == C              # no page shows C
+    assert pool.lease("live", restart + 4, prefer=A).number == A   # its number back
+    assert pool.holder(A, restart + 5) == ("live", EXACT)

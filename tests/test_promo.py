@@ -6,17 +6,18 @@ chooser that always says 0 (every draw collides: the scan path).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable
 
 import pytest
 
-from ctrackd.attribution.dynamic import IDLE_SECONDS, DynamicPlan
-from ctrackd.attribution.pools import PoolSpec
+from ctrackd.attribution.dynamic import IDLE_SECONDS, DynamicPlan, attribute_pool_call
+from ctrackd.attribution.pools import Confidence, PoolSpec
 from ctrackd.attribution.promo import PromoCodes, damm_digit
 from ctrackd.attribution.records import PromoStatus
-from ctrackd.attribution.sessions import normalise_visit
+from ctrackd.attribution.sessions import VisitorSession, normalise_visit
 from ctrackd.configcalls import PromoConfig
 
 TTL = 3600.0
@@ -344,3 +345,156 @@ def test_a_heartbeat_whose_code_is_gone_asks_the_page_to_start_again() -> None:
     assert again.promo_code is not None
     assert dynamic.session_by_code(again.promo_code, T0 + 32) == (again, PromoStatus.MATCHED)
     assert dynamic.session_by_code(code, T0 + 32)[0] in (None, again)
+
+
+# -- kept over a restart: dirty marks, rows, restore ------------------------------
+
+def saved(dynamic: DynamicPlan) -> list[tuple[VisitorSession, float]]:
+    """What the daemon's flush writes, as the store gives it back: copies, not the objects."""
+    return [(dataclasses.replace(session, pages=list(session.pages)), until)
+            for session, until in dynamic.take_dirty()]
+
+
+def test_changes_are_marked_for_the_store_and_heartbeats_only_now_and_then() -> None:
+    dynamic = plan()
+    session, _ = dynamic.start_session(visit("visitor-1"), T0)
+    assert dynamic.dirty == 1
+    ((taken, until),) = dynamic.take_dirty()
+    assert taken is session and dynamic.dirty == 0 and session.saved_seen == T0
+    assert dynamic.heartbeat(session.session_id, T0 + 30) and dynamic.dirty == 0
+    resave = dynamic.resave_seconds
+    assert dynamic.heartbeat(session.session_id, T0 + resave) and dynamic.dirty == 1
+    ((_, until),) = dynamic.take_dirty()
+    # The row outlives the code's reservation by the heartbeats it may lag behind.
+    assert until == T0 + resave + TTL + resave
+    dynamic.start_session(visit("visitor-1", "https://shop.example.com/cart"), T0 + resave + 1)
+    assert dynamic.dirty == 1  # every page view: its pages changed
+
+
+def test_the_stored_reservation_never_ends_before_the_real_one() -> None:
+    dynamic = plan()
+    session, _ = dynamic.start_session(visit("visitor-1"), T0)
+    stored = 0.0
+    for beat in range(1, 200):  # an open tab beating every 30 s, flushed each second
+        now = T0 + beat * 30
+        assert dynamic.heartbeat(session.session_id, now)
+        for _, until in dynamic.take_dirty():
+            stored = until
+        assert stored >= now + TTL  # the code is reserved until at least now + ttl
+
+
+def test_a_code_handed_to_a_new_visit_is_written_off_the_old_one() -> None:
+    dynamic = plan()
+    first, _ = dynamic.start_session(visit("visitor-1", "https://s.example/?utm_source=google"),
+                                     T0)
+    dynamic.take_dirty()
+    second, _ = dynamic.start_session(visit("visitor-1", "https://s.example/?utm_source=vk"),
+                                      T0 + 100)
+    rows = {s.session_id: s.promo_code for s, _ in dynamic.take_dirty()}
+    assert rows == {first.session_id: None, second.session_id: second.promo_code}
+
+
+def test_sessions_and_codes_come_back_after_a_restart() -> None:
+    before = plan(length=2, choose=always_zero)       # ten codes: every draw collides
+    sessions = [before.start_session(visit(f"visitor-{i}"), T0 + i)[0] for i in range(3)]
+    rows = saved(before)
+    restart = T0 + 60
+    after = plan(length=2, choose=always_zero)
+    assert after.restore(rows, restart) == 3
+    assert len(after.sessions) == 3 and after.promo is not None and len(after.promo) == 3
+    for old in sessions:
+        code = old.promo_code
+        assert code is not None
+        found, status = after.session_by_code(code, restart + 1)
+        assert status is PromoStatus.MATCHED and found is not None
+        assert (found.session_id, found.visitor_id) == (old.session_id, old.visitor_id)
+        assert after.session_of(old.visitor_id) is found
+        assert after.heartbeat(old.session_id, restart + 2)   # promo only: it just lives on
+    assert after.dirty == 0   # nothing changed that the store does not have
+    # The same draws that gave those three codes must now give others.
+    fresh = [after.start_session(visit(f"new-{i}"), restart + 3)[0].promo_code
+             for i in range(3)]
+    assert not set(fresh) & {s.promo_code for s in sessions} and None not in fresh
+    # A page view of a restored visitor continues its session and its code.
+    again, _ = after.start_session(visit("visitor-0"), restart + 4)
+    assert (again.session_id, again.promo_code) == (sessions[0].session_id,
+                                                    sessions[0].promo_code)
+
+
+def test_a_restored_session_past_its_visit_still_answers_for_its_code() -> None:
+    before = plan(ttl=86400)
+    session, _ = before.start_session(visit("visitor-1", "https://s.example/?utm_source=vk"),
+                                      T0)
+    rows = saved(before)
+    restart = T0 + 5 * 3600                            # the visit is over, its code is not
+    after = plan(ttl=86400)
+    assert after.restore(rows, restart) == 1
+    assert session.session_id not in after.sessions
+    found, status = after.session_by_code(session.promo_code, restart)
+    assert status is PromoStatus.MATCHED and found is not None and found.source == "vk"
+    assert not after.heartbeat(session.session_id, restart)   # the page asks again...
+    renewed, _ = after.start_session(visit("visitor-1", session_id=session.session_id),
+                                     restart + 1)
+    assert renewed.promo_code == session.promo_code          # ...and keeps its code
+
+
+def test_rows_whose_reservation_ended_or_whose_code_cannot_be_held_are_left_out() -> None:
+    before = plan(length=4)
+    old, _ = before.start_session(visit("visitor-1"), T0)
+    kept, _ = before.start_session(visit("visitor-2"), T0 + TTL)
+    rows = saved(before)
+    # The first row's code lapsed (its row kept it `resave_seconds` longer, to be safe).
+    restart = T0 + TTL + before.resave_seconds
+    after = plan(length=4)
+    after.restore(rows, restart)
+    assert old.session_id not in after.sessions and kept.session_id in after.sessions
+    assert after.session_by_code(old.promo_code, restart) == (None, PromoStatus.UNKNOWN)
+    # Another code length after the restart: the page shows a code that names nobody
+    # now, so its session stays out (its heartbeat is refused, the page starts again).
+    longer = plan(length=5)
+    assert longer.restore(saved_again(rows), restart) == 0
+    assert not longer.sessions and longer.promo is not None and len(longer.promo) == 0
+    assert not longer.heartbeat(kept.session_id, restart + 1)
+
+
+def saved_again(rows: list[tuple[VisitorSession, float]]) -> list[tuple[VisitorSession, float]]:
+    return [(dataclasses.replace(s, pages=list(s.pages)), until) for s, until in rows]
+
+
+def test_a_restored_pool_session_renews_keeping_its_session_code_and_number() -> None:
+    spec = PoolSpec(name="site", numbers=("+74950000101", "+74950000102"))
+    before = plan(pools=(spec,))
+    session, lease = before.start_session(
+        visit("visitor-1", "https://s.example/?utm_source=vk"), T0)
+    assert lease is not None and lease.number == "+74950000101"
+    rows = saved(before)
+    restart = T0 + 60
+    after = plan(pools=(spec,))
+    after.restore(rows, restart)
+    # A call before the page renews: the number still answers for the visit (no lease).
+    caller, confidence = attribute_pool_call(after, "+74950000101", restart + 1)
+    assert (caller.session_id if caller else None, confidence) == (
+        session.session_id, Confidence.EXPIRED)
+    # The page's heartbeat is refused (no lease since the restart)...
+    assert not after.heartbeat(session.session_id, restart + 2)
+    # ...a newcomer gets the number no page shows...
+    newcomer, new_lease = after.start_session(visit("visitor-2"), restart + 3)
+    assert new_lease is not None and new_lease.number == "+74950000102"
+    # ...and the renewal keeps session, code and number.
+    renewed, again = after.start_session(
+        visit("visitor-1", "https://s.example/contacts", session_id=session.session_id),
+        restart + 4)
+    assert (renewed.session_id, renewed.promo_code, renewed.source) == (
+        session.session_id, session.promo_code, "vk")
+    assert again is not None and again.number == "+74950000101"
+    assert after.heartbeat(session.session_id, restart + 30)
+    assert attribute_pool_call(after, "+74950000101", restart + 31) == (renewed,
+                                                                        Confidence.EXACT)
+
+
+def test_a_rebuilt_plan_writes_what_the_old_one_had_not() -> None:
+    old = plan()
+    session, _ = old.start_session(visit("visitor-1"), T0)
+    new = plan()
+    new.adopt_codes(old)
+    assert [s.session_id for s, _ in new.take_dirty()] == [session.session_id]

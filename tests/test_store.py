@@ -88,7 +88,11 @@ def test_migrate_from_empty_then_again(tmp_path: Path) -> None:
     assert columns == expected
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"calls_started_at", "calls_status", "calls_channel", "calls_caller",
-            "calls_open"} <= indexes
+            "calls_open", "web_sessions_reserved_until"} <= indexes
+    # visitor sessions kept over a restart (migration 5)
+    assert {r[1] for r in conn.execute("PRAGMA table_info(web_sessions)")} == {
+        "session_id", "visitor_id", "promo_code", "created_at", "last_seen", "reserved_until",
+        "data_json"}
 
 
 def test_newer_database_is_refused(tmp_path: Path) -> None:

@@ -14,13 +14,22 @@ the code lapses: the call is still attributed to the visit it came from.
 
 Each pool records its usage in a `usage.Usage` (time buckets the daemon
 persists for `ctrackd pools`).
+
+Sessions and their codes outlive a restart through the store (table
+`web_sessions`), written off the request path: each change that matters
+marks its session *dirty* here, and the daemon takes the dirty ones
+(`take_dirty`) every second or so and writes them as one batch. A heartbeat
+only marks its session once `resave_seconds` have passed since the last
+write: each row stores `reserved_until` that far ahead, so the stored
+reservation never ends before the real one. At start `restore` puts the
+stored sessions and code reservations back (docs/dynamic.md, "Restarts").
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ctrackd.attribution.pools import Confidence, Lease, PoolSpec, PoolState
 from ctrackd.attribution.promo import PromoCodes, PromoSettings
@@ -39,6 +48,8 @@ from ctrackd.attribution.usage import Usage
 
 #: how long a session lives idle when no pool says (a promo-only site): analytics' 30 minutes
 IDLE_SECONDS = 1800.0
+#: seconds of heartbeats before a session's row is written again (its reserved_until's margin)
+RESAVE_SECONDS = 300.0
 
 
 class DynamicPlan:
@@ -80,6 +91,11 @@ class DynamicPlan:
         self._retired: OrderedDict[str, VisitorSession] = OrderedDict()
         self._new_id = new_session_id
         self._now = -math.inf
+        # Written at most this long after its last write; a quarter of the
+        # session's life at most, so a restored session is still live if it was.
+        self.resave_seconds = min(RESAVE_SECONDS, self.keep_seconds / 4)
+        # Sessions changed since the daemon last took them for the store (insertion order).
+        self._dirty: dict[str, VisitorSession] = {}
 
     def start_session(self, visit: VisitInput, now: float) -> tuple[VisitorSession, Lease | None]:
         """A page view: the visitor's session (continued or new) and the number it shows.
@@ -93,6 +109,7 @@ class DynamicPlan:
             see_page(current, visit, now)
             self.sessions.move_to_end(current.session_id)
             self._keep_code(current, now)
+            self._dirty[current.session_id] = current  # a page view: pages, maybe lease or code
             if visit.pool in self.pools and visit.pool != current.pool:
                 # This page asks for another pool (the SPb page of a site with a
                 # pool per city): its number, not the one from the last page.
@@ -117,6 +134,8 @@ class DynamicPlan:
         session = current
         session.last_seen = now
         self.sessions.move_to_end(session.session_id)
+        if session.saved_seen is None or now - session.saved_seen >= self.resave_seconds:
+            self._dirty[session.session_id] = session  # its stored reservation nears its end
         if (self.promo is not None and session.promo_code is not None
                 and not self.promo.renew(session.promo_code, session.session_id, now)):
             # The code lapsed under a live session (it cannot, with ttl >= keep_seconds,
@@ -165,8 +184,10 @@ class DynamicPlan:
         join the retired ones (their leases are gone with the old pools): a
         tab that renews gets its code back. Codes of another length cannot
         be kept, nor codes with a check digit by a plan without (or the other way). Returns
-        how many sessions came over.
+        how many sessions came over. Changes the old plan had not yet handed to the
+        store are handed over too (they are written by this plan's flush).
         """
+        self.mark_dirty(old._dirty.values())
         if (self.promo is None or old.promo is None
                 or (old.promo.length, old.promo.check_digit)
                 != (self.promo.length, self.promo.check_digit)):
@@ -178,6 +199,86 @@ class DynamicPlan:
             self._retired[session.session_id] = session
         self._trim_retired()
         return len(moved)
+
+    # -- persistence (the daemon's store writes and reads; the plan does no I/O) --
+
+    @property
+    def dirty(self) -> int:
+        """Sessions changed since the last `take_dirty`."""
+        return len(self._dirty)
+
+    def take_dirty(self) -> list[tuple[VisitorSession, float]]:
+        """The sessions to write now, each with its row's `reserved_until`; clears the marks.
+
+        Turn them into rows before the next await: the plan goes on
+        changing them. A failed write gives them back (`mark_dirty`).
+        """
+        taken = []
+        for session in self._dirty.values():
+            session.saved_seen = session.last_seen
+            taken.append((session, self.stored_until(session)))
+        self._dirty = {}
+        return taken
+
+    def mark_dirty(self, sessions: Iterable[VisitorSession]) -> None:
+        """Write these again at the next flush (their last write failed)."""
+        for session in sessions:
+            self._dirty[session.session_id] = session
+
+    def stored_until(self, session: VisitorSession) -> float:
+        """Until when a session's row is worth keeping: its code's reservation (last sign
+        of life + ttl), else its own life, plus `resave_seconds` (the heartbeats a row
+        may lag behind). Never sooner than the plan would let either go."""
+        life = (self.promo.ttl if self.promo is not None and session.promo_code is not None
+                else self.keep_seconds)
+        return session.last_seen + life + self.resave_seconds
+
+    def restore(self, saved: Iterable[tuple[VisitorSession, float]], now: float) -> int:
+        """Put back the sessions the store kept over a restart (`until`: its row's
+        reserved_until); for a fresh plan, before any request. Returns how many came back.
+
+        A session still within its life is live again: heartbeats and page
+        views find it, `/healthz` counts it, its visitor keeps it. Its pool
+        lease is not restored: the pool only remembers who last showed the
+        number (`PoolState.remember`), so the page's heartbeat is refused
+        and its renewal (same session id) leases that number again. A
+        session past its life, or whose pool is gone, joins the retired ones
+        if its code is still reserved. Codes keep their stored reservation.
+        A session whose code this plan cannot hold (promo codes off, another
+        length or check digit) stays out: its page shows a code that names
+        nobody now, so its heartbeat must be refused and it must start again.
+        """
+        now = self.expire(now)
+        known = self.sessions.keys() | self._retired.keys()
+        rows = sorted(((session, until) for session, until in saved
+                       if until > now and session.session_id not in known),
+                      key=lambda row: row[0].last_seen)  # the order sessions and pools keep
+        held = (self.promo.restore(((s.promo_code, s.session_id, until) for s, until in rows
+                                    if s.promo_code is not None), now)
+                if self.promo is not None else set())
+        restored = 0
+        for session, _ in rows:
+            if session.promo_code is not None and session.session_id not in held:
+                continue
+            session.saved_seen = session.last_seen
+            pool = self.pools.get(session.pool) if session.pool is not None else None
+            if pool is not None:
+                pool.remember(session.session_id, session.number, session.last_seen, now)
+            if (session.last_seen + self.keep_seconds > now
+                    and (session.pool is None or pool is not None)):
+                self.sessions[session.session_id] = session
+                current = self.session_of(session.visitor_id)
+                if current is None or current.created_at <= session.created_at:
+                    self.by_visitor[session.visitor_id] = session.session_id
+            elif session.promo_code is not None:
+                self._retired[session.session_id] = session
+            else:
+                continue
+            restored += 1
+        while len(self.sessions) > self.max_sessions:
+            self._drop(next(iter(self.sessions.values())), now)
+        self._trim_retired()
+        return restored
 
     def session_of(self, visitor_id: str) -> VisitorSession | None:
         session_id = self.by_visitor.get(visitor_id)
@@ -205,6 +306,7 @@ class DynamicPlan:
                                visit_number=min(before + 1, MAX_VISITS))
         session.channel = match_channel(self.rules, session)
         self.sessions[session_id] = session
+        self._dirty[session_id] = session
         self.by_visitor[visit.visitor_id] = session_id
         while len(self.sessions) > self.max_sessions:  # a flood of made-up visitor ids
             self._drop(next(iter(self.sessions.values())), now)
@@ -262,6 +364,7 @@ class DynamicPlan:
                 previous.promo_code, previous.session_id, session.session_id, now):
             session.promo_code, previous.promo_code = previous.promo_code, None
             self._retired.pop(previous.session_id, None)
+            self._dirty[previous.session_id] = previous  # its row must not claim the code
             return
         session.promo_code = self.promo.issue(session.session_id, now)
 

@@ -173,6 +173,27 @@ class PoolState:
         if lease is not None:
             self._end(lease, now)
 
+    def remember(self, session_id: str, number: str | None, last_seen: float, now: float) -> None:
+        """After a restart: `number` was last shown by `session_id`, last seen at `last_seen`.
+
+        Leases are not restored (the page renews and leases again); this
+        restores only what the number still answers for. The lease counts as
+        let go at the restart (or when its hold ran out, if sooner): a call
+        within grace of that is `expired` to this session, the session's
+        renewal gets the number back (`prefer`), and the number goes to the
+        back of the free list, so new visitors get numbers no page shows
+        first. Call it in order of `last_seen`; a number not of this pool
+        (the fixed overflow number, a number since removed) is ignored.
+        """
+        now = self.expire(now)
+        if number not in self._released or self._occupants[number]:
+            return
+        ended = min(now, last_seen + self.spec.hold_seconds)
+        if ended + self.spec.grace_seconds <= now:
+            return  # its grace is over: it answers for nobody
+        self._released[number].append(_Lease(session_id, number, ended, ended, ended=ended))
+        self._free.move_to_end(number)
+
     def expire(self, now: float) -> float:
         """Release every lease whose hold ran out by `now`; returns the pool's clock."""
         now = self._now = max(now, self._now)

@@ -31,7 +31,7 @@ renewal (the TTL is the same for all, so that is also expiry order), and
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -147,6 +147,26 @@ class PromoCodes:
             return False
         held.session_id = to_session
         return self.renew(code, to_session, now)
+
+    def restore(self, reservations: Iterable[tuple[str, str, float]], now: float) -> set[str]:
+        """Reservations read back after a restart: (code, session id, until).
+
+        Each keeps the `until` it was stored with (the reservation the page
+        was shown under), so a code is never free sooner than it would have
+        been without the restart. A code this instance could not have drawn
+        (another length, check digit on or off since) or already lapsed is
+        skipped; of two claims on one code the later-ending one wins. Returns
+        the session ids whose code is reserved again.
+        """
+        merged = {code: (held.until, held.session_id) for code, held in self._codes.items()}
+        for code, session_id, until in reservations:
+            if until > now and self.is_code(code) and until > merged.get(code, (-1.0, ""))[0]:
+                merged[code] = (until, session_id)
+        # Kept in expiry order (what `expire` relies on); over capacity, the soonest ends go.
+        ordered = sorted(merged.items(), key=lambda item: item[1][0])[-self.capacity:]
+        self._codes = OrderedDict((code, _Reservation(session_id, until))
+                                  for code, (until, session_id) in ordered)
+        return {held.session_id for held in self._codes.values()}
 
     def lookup(self, code: str, at: float) -> tuple[str | None, PromoStatus]:
         """Who holds `code` at `at`: (session id, MATCHED), else (None, UNKNOWN).

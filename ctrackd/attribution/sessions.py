@@ -86,6 +86,7 @@ class VisitorSession:
     shared: bool = False
     overflow: bool = False
     promo_code: str | None = None   # the code the page shows (promo.py); None: none was free
+    saved_seen: float | None = None  # last_seen as last handed to the store (None: never)
 
 
 # -- cleaning ---------------------------------------------------------------

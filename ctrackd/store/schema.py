@@ -167,6 +167,23 @@ MIGRATIONS: list[tuple[int, str]] = [
     CREATE INDEX outbox_due ON outbox (next_attempt_at)
         WHERE delivered_at IS NULL AND gave_up_at IS NULL;
     """),
+    (5, """
+    -- Visitor sessions and the promo codes they hold, kept over a restart
+    -- (the daemon writes changed ones in batches, reads them back at start).
+    -- A row is kept until reserved_until: the end of its code's reservation,
+    -- else of the session's life, with a margin for heartbeats not yet written.
+    CREATE TABLE web_sessions (
+        session_id     TEXT PRIMARY KEY NOT NULL,
+        visitor_id     TEXT NOT NULL,
+        promo_code     TEXT,                     -- NULL: none (off, or none was free)
+        created_at     REAL NOT NULL,            -- epoch seconds
+        last_seen      REAL NOT NULL,
+        reserved_until REAL NOT NULL,
+        data_json      TEXT NOT NULL             -- the rest of the session (UTM, pages, lease)
+    );
+    -- The start-up load and the housekeeping purge read by reserved_until.
+    CREATE INDEX web_sessions_reserved_until ON web_sessions (reserved_until);
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
