@@ -45,9 +45,13 @@ def caller_arguments(p: argparse.ArgumentParser, format_argument: Any) -> None:
 def print_callers(args: argparse.Namespace, conn: sqlite3.Connection, width: int) -> None:
     cards = store.list_callers(conn, since=args.since, until=args.until, channel=args.channel,
                                min_calls=max(1, args.min_calls), limit=args.limit or None)
-    withheld = store.withheld_calls(conn, since=args.since, until=args.until)
+    # Withheld calls make no card; they are told apart only where a card could
+    # have counted them: never under --min-calls 2+ (a withheld call is nobody's
+    # repeat), and with --channel only that channel's.
+    withheld = store.withheld_calls(conn, since=args.since, until=args.until,
+                                    channel=args.channel) if args.min_calls <= 1 else 0
     note = (f"{withheld} call{'s' if withheld != 1 else ''} from withheld numbers"
-            " (no card)") if withheld else None
+            f"{' of ' + args.channel if args.channel else ''} (no card)") if withheld else None
     if args.format == "json":
         sys.stdout.write(output.json_array(cards))
     elif args.format == "csv":
@@ -90,7 +94,7 @@ def print_caller(args: argparse.Namespace, conn: sqlite3.Connection, number: str
             Column("first_time", "CALL", _first_or_repeat, min_width=6, max_width=6),
             Column("channel", "CHANNEL", min_width=7, max_width=20),
             Column("status", "STATUS", min_width=9, max_width=9),
-            Column("talk_seconds", "TALK", output.duration, ">", min_width=4, max_width=7),
+            Column("talk_seconds", "TALK", output.seconds, ">", min_width=4, max_width=8),
             Column("target", "TARGET", output.yes_no, min_width=6, max_width=6),
             Column("target_rule", "WHY", _rule_reason, min_width=4, max_width=40),
         ], width=width))

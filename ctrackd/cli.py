@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -318,12 +319,10 @@ def _caller_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _caller_command(args: argparse.Namespace) -> int:
-    from ctrackd.attribution.numbers import normalise_number
     from ctrackd.callers_command import print_caller
     config = load_config(args.config)
-    number = normalise_number(args.number, config.phone_region)
-    if number is None:
-        raise CliError(f"{args.number!r} is not a phone number (withheld callers have no card)")
+    number = _normalised_caller(args.number, config.phone_region, "")
+    assert number is not None
     with _reading(config.store.path) as conn:
         if not print_caller(args, conn, number, _width()):
             raise CliError(f"no calls from {number} in {config.store.path}")
@@ -435,13 +434,33 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _normalised_caller(raw: str | None, region: str) -> str | None:
+#: what a number typed on the command line may look like: digits, one leading
+#: +, and the usual separators (`+7 (916) 123-45-67`, `8.916.123.45.67`)
+_TYPED_NUMBER = re.compile(r"\+?[0-9 ().-]+")
+#: fewer digits than this is no number (an internal extension has three or more)
+_MIN_DIGITS = 3
+
+
+def _normalised_caller(raw: str | None, region: str, option: str = "--caller ") -> str | None:
+    """A number typed by the admin, as the store keeps it (E.164); a sentence if it is none.
+
+    Strict on purpose (`79167770005x`, `++7916`, `12` are typos, not numbers
+    to look up); the words Asterisk uses for a withheld number get their own
+    sentence, as such a caller has no number to look up.
+    """
     if raw is None:
         return None
-    from ctrackd.attribution.numbers import normalise_number  # phonenumbers loads slowly
-    number = normalise_number(raw, region)
+    from ctrackd.attribution.numbers import WITHHELD, normalise_number  # phonenumbers is slow
+    text = raw.strip()
+    if text.lower() in WITHHELD - {""}:
+        raise CliError(f"{option}{raw!r} means a withheld number: such callers have no number"
+                       " to look up")
+    number = normalise_number(text, region) if _TYPED_NUMBER.fullmatch(text) else None
     if number is None:
-        raise CliError(f"--caller {raw!r} is not a phone number")
+        raise CliError(f"{option}{raw!r} is not a phone number (digits, a leading +,"
+                       " spaces, dashes, dots and brackets only)")
+    if sum(ch.isdigit() for ch in text) < _MIN_DIGITS:
+        raise CliError(f"{option}{raw!r} is not a phone number (too few digits)")
     return number
 
 

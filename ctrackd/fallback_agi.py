@@ -247,7 +247,8 @@ def _judge(conn: Any, config: Config, call_id: str, now: float) -> None:
     """First time or repeat, target or not, the missed-call hook: as the daemon would.
 
     A separate short transaction after the record's: a failure here costs the
-    verdict only (the daemon's start sweep judges what is left), never the record.
+    verdict only, never the record: the daemon's sweep (every few minutes, by the
+    row's write time) finds the call unjudged and judges it.
     """
     from ctrackd.store.judge import judge_calls
 

@@ -64,6 +64,8 @@ def hooks_command(args: argparse.Namespace) -> int:
         for row in rows:
             row["when"] = {"pending": row["next_attempt_at"], "delivered": row["delivered_at"],
                            "failed": row["gave_up_at"]}[row["status"]]
+            if row["status"] == "delivered":  # an error it got past is history, not news
+                row["last_error"] = None
     cli._print(args.format, rows, COLUMNS, outbox.FIELDS)
     return 0
 
@@ -89,7 +91,7 @@ def _retry(args: argparse.Namespace, config: Any, cli: Any) -> int:
     if missing:
         print(f"ctrackd: not retried (no such delivery, or delivered already):"
               f" {', '.join(map(str, missing))}", file=sys.stderr)
-    print(f"{len(changed)} deliveries due now" + (
+    print(f"{len(changed)} {'delivery' if len(changed) == 1 else 'deliveries'} due now" + (
         "" if changed else " (nothing to retry)"))
     return 1 if missing else 0
 

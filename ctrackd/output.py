@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -73,8 +74,10 @@ def fit_widths(columns: Sequence[Column], natural: Sequence[int] | None = None,
                width: int = 80) -> list[int]:
     """Column widths that fit `width`: the content's (or max_width), then shrink.
 
-    While the line is too wide, the widest column that may still shrink gives
-    one character, so long free text (names, channels) gives way first.
+    While the line is too wide, the widest columns that may still shrink give
+    one character each, so long free text (names, channels) gives way first,
+    and two columns of equal width (a first and a last touch) stay alike: one
+    value is never cut in one column and whole in the next.
     """
     titles = [cell_width(c.title) for c in columns]
     wanted = natural if natural is not None else [c.max_width for c in columns]
@@ -85,7 +88,9 @@ def fit_widths(columns: Sequence[Column], natural: Sequence[int] | None = None,
         shrinkable = [i for i, w in enumerate(widths) if w > floors[i]]
         if not shrinkable:
             break
-        widths[max(shrinkable, key=lambda i: widths[i])] -= 1
+        widest = max(widths[i] for i in shrinkable)
+        for i in shrinkable:
+            widths[i] -= widths[i] == widest
     return widths
 
 
@@ -113,7 +118,7 @@ def write_csv(rows: Iterable[dict[str, Any]], fields: Sequence[str], out: TextIO
     if header:
         writer.writeheader()
     for row in rows:
-        writer.writerow({k: _defuse_formula(row.get(k)) for k in fields})
+        writer.writerow({k: _csv_value(row.get(k)) for k in fields})
 
 
 def csv_text(rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> str:
@@ -173,6 +178,15 @@ def waiting(seconds: float | None) -> str:
     return f"{days}d {hours:02d}h"
 
 
+def seconds(value: float | None) -> str:
+    """`75 s`, `0.5 s`: spelled as the target rules spell talk time (tenths rounded
+    down, `attribution/targets.py`), so a table's TALK and its WHY agree."""
+    if value is None:
+        return "-"
+    tenths = math.floor(value * 10 + 1e-9) / 10
+    return f"{int(tenths)} s" if tenths == int(tenths) else f"{tenths:.1f} s"
+
+
 def yes_no(value: bool | None) -> str:
     return "-" if value is None else "yes" if value else "no"
 
@@ -189,6 +203,14 @@ def _pad(value: str, width: int, align: str) -> str:
 def _printable(value: str) -> str:
     # Control characters (ESC, CR, BEL...) from caller-ID data must not reach the terminal.
     return "".join("?" if unicodedata.category(ch)[0] == "C" else ch for ch in value)
+
+
+def _csv_value(value: Any) -> Any:
+    """A cell as JSON spells it where Python would not: `true`/`false`, not `True`/`False`
+    (the same file read by a script or by `--format json` must mean the same)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _defuse_formula(value)
 
 
 def _defuse_formula(value: Any) -> Any:

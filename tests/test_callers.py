@@ -5,6 +5,7 @@ as Asterisk runs it, and the daemon judging a recorded call end to end.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -67,7 +68,7 @@ def save(config: Config, call_id: str, *, ago: float, caller: str | None = IVAN,
          status: CallStatus = CallStatus.ANSWERED, talk: float = 95.0,
          channel: str | None = "google-ads", did: str = "+74950000001",
          session: dict[str, Any] | None = None, pool: str | None = None,
-         ended: bool = True, judged: bool = True) -> None:
+         ended: bool = True, judged: bool = True, length: float = 100.0) -> None:
     """One call as both sides write it, then judged as the daemon would once it ended."""
     conn = writer(config)
     try:
@@ -80,8 +81,8 @@ def save(config: Config, call_id: str, *, ago: float, caller: str | None = IVAN,
         p = CallProgress(call_id, started, CallStatus.RINGING)
         if ended:
             if status is CallStatus.ANSWERED:
-                p.answered_at, p.answered_by = started + 100 - talk, "PJSIP/101"
-            p.finish(status, started + 100, "hangup")
+                p.answered_at, p.answered_by = started + length - talk, "PJSIP/101"
+            p.finish(status, started + length, "hangup")
         queries.save_progress(conn, [p])
         if ended and judged:
             judge_now(config, conn, [call_id])
@@ -232,6 +233,94 @@ def test_the_sweep_finds_recent_unjudged_calls(config: Config) -> None:
         conn.close()
 
 
+def test_the_sweep_finds_a_long_call_by_its_write_not_its_start(config: Config) -> None:
+    """A 2-hour call (or one closed at a restart) began long before the sweep's window."""
+    save(config, "long", ago=2 * HOUR, length=2 * HOUR - 60, judged=False)
+    conn = writer(config)
+    try:
+        assert judge.unjudged_calls(conn, NOW - judge.SWEEP_SECONDS) == ["long"]
+        plan = " ".join(str(r[3]) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT call_id FROM calls INDEXED BY calls_updated_at"
+            " WHERE updated_at >= 0 AND ended_at >= 0 AND target IS NULL ORDER BY started_at"))
+        assert "USING INDEX calls_updated_at" in plan
+    finally:
+        conn.close()
+
+
+def test_a_missed_call_judged_after_the_caller_got_through_asks_for_no_callback(
+        config: Config) -> None:
+    """Judged late (the sweep, a retried batch): answered since, or called back: no hook."""
+    save(config, "m-back", ago=3 * HOUR, status=CallStatus.NO_ANSWER, judged=False)
+    save(config, "answered", ago=2 * HOUR)  # Ivan called again and got through
+    save(config, "m-maria", ago=3 * HOUR, caller=MARIA, status=CallStatus.BUSY, judged=False)
+    save(config, "m-anna", ago=3 * HOUR, caller="+79035550055", status=CallStatus.BUSY,
+         judged=False)
+    conn = writer(config)
+    try:
+        conn.execute("INSERT INTO outbound_calls (uniqueid, number, answered_at, endpoint)"
+                     " VALUES ('out.1', ?, ?, 'PJSIP/101')", (MARIA, NOW - HOUR))
+        result = judge_now(config, conn, ["m-back", "m-maria", "m-anna"])
+    finally:
+        conn.close()
+    assert result.calls == 3 and row(config, "m-back")["target"] == 0
+    assert [d["call_id"] for d in outbox(config)] == ["m-anna"]  # still waiting: asked for
+
+
+def test_a_big_batch_commits_in_chunks(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One write transaction per JUDGE_CHUNK calls: the AGI route's saves never wait long."""
+    monkeypatch.setattr(judge, "JUDGE_CHUNK", 2)
+    for n in range(5):
+        save(config, f"c{n}", ago=(10 - n) * HOUR, judged=False)
+    conn = writer(config)
+    begins: list[str] = []
+    conn.set_trace_callback(lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
+    try:
+        result = judge_now(config, conn, [f"c{n}" for n in range(5)])
+    finally:
+        conn.close()
+    assert result.calls == 5 and len(begins) == 3
+    assert [row(config, f"c{n}")["first_time"] for n in range(5)] == [1, 0, 0, 0, 0]
+
+
+async def test_the_worker_sweeps_again_while_it_runs(config: Config) -> None:
+    """A call whose judging was lost (a dropped batch, the fallback's judge) is judged later."""
+    writer(config).close()
+    worker = judge.JudgeWorker(config.store.path, rules=lambda: config.target_rule,
+                               enqueue=lambda: None, sweep_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.1)  # the start sweep has run: nothing then
+        save(config, "lost", ago=HOUR, judged=False)  # nobody submits it
+        await wait_for(lambda: row(config, "lost")["target"] is not None)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert row(config, "lost")["target"] == 1
+
+
+async def test_a_store_that_cannot_be_opened_fails_the_batch_not_the_worker(
+        tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    worker = judge.JudgeWorker(tmp_path / "afile" / "calls.sqlite3", enqueue=lambda: None,
+                               rules=lambda: load_config_rules, retry_delay=0.01, retries=1,
+                               sweep_interval=0.05)
+    worker.submit(["1.1"])
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: worker.failed_batches == 2)
+        await asyncio.sleep(0.15)  # sweeps fail too, and are only logged
+        assert not task.done()
+        await worker.drain()  # the daemon's stop: nothing raised either
+    finally:
+        task.cancel()
+        results = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+
+
+def load_config_rules(channel: str | None) -> Any:
+    raise AssertionError("never asked: nothing could be read")
+
+
 # -- ctrackd callers / caller -------------------------------------------------------------
 
 @pytest.fixture
@@ -314,11 +403,51 @@ def test_caller_table_marks_the_repeat(capsys: pytest.CaptureFixture[str], histo
     assert lines[0] == f"{IVAN}: 2 calls, 1 answered, 1 missed, 1 target call"
     table = lines[lines.index("") + 1:]
     assert table[0].split()[:4] == ["TIME", "CALL", "CHANNEL", "STATUS"]
-    assert table[1].split()[2:6] == ["first", "google-ads", "answered", "1:15"]
+    assert table[1].split()[2:7] == ["first", "google-ads", "answered", "75", "s"]
     assert table[2].split()[2:4] == ["repeat", "avito"]
     # the reason, without the rule's name (the channel has its column); long ones are cut
-    assert table[1].split()[6:9] == ["yes", "answered,", "talk"]
-    assert table[2].split()[6:9] == ["no", "not", "answered"]
+    assert table[1].split()[7:10] == ["yes", "answered,", "talk"]
+    assert table[2].split()[7:10] == ["no", "not", "answered"]
+
+
+def test_caller_table_spells_talk_as_its_reason_does(capsys: pytest.CaptureFixture[str],
+                                                      config: Config, config_file: Path) -> None:
+    save(config, "short", ago=HOUR, talk=0.5)
+    _, out, _ = run(capsys, "caller", IVAN, "-c", str(config_file))
+    line = out.splitlines()[-1]
+    assert " 0.5 s  no" in line and line.endswith("talk 0.5 s < 30 s")
+
+
+def test_the_first_and_the_last_touch_are_cut_alike(capsys: pytest.CaptureFixture[str],
+                                                    config: Config, config_file: Path) -> None:
+    """One call: its first touch is its last; a narrow table must not cut only one of them."""
+    save(config, "one", ago=HOUR, caller=MARIA, channel="yandex-direct-retargeting")
+    _, out, _ = run(capsys, "callers", "-c", str(config_file), "--full-numbers")
+    cells = [c for c in out.splitlines()[1].split("  ") if "yandex" in c]
+    assert len(cells) == 2 and cells[0].strip() == cells[1].strip()
+
+
+@pytest.mark.parametrize("words, note", [
+    ([], "+ 1 call from withheld numbers (no card)"),
+    (["--min-calls", "2"], None),                    # a withheld call is nobody's repeat
+    (["--channel", "avito"], None),                  # the withheld call was a google-ads one
+    (["--channel", "google-ads"], "+ 1 call from withheld numbers of google-ads (no card)"),
+])
+def test_the_withheld_note_counts_what_the_filter_could_have_shown(
+        capsys: pytest.CaptureFixture[str], history: Config, config_file: Path,
+        words: list[str], note: str | None) -> None:
+    code, out, _ = run(capsys, "callers", "-c", str(config_file), *words)
+    last = out.splitlines()[-1]
+    assert code == 0 and (last == note if note else "withheld" not in out)
+
+
+def test_caller_csv_spells_booleans_as_json(capsys: pytest.CaptureFixture[str], history: Config,
+                                            config_file: Path) -> None:
+    _, out, _ = run(capsys, "caller", IVAN, "-c", str(config_file), "--format", "csv")
+    lines = out.splitlines()
+    header = lines[0].split(",")
+    first = dict(zip(header, lines[1].split(",")))
+    assert (first["first_time"], first["target"]) == ("true", "true")
 
 
 def test_caller_csv_is_the_calls(capsys: pytest.CaptureFixture[str], history: Config,
@@ -329,8 +458,14 @@ def test_caller_csv_is_the_calls(capsys: pytest.CaptureFixture[str], history: Co
 
 
 @pytest.mark.parametrize("number, message", [
-    ("anonymous", "'anonymous' is not a phone number (withheld callers have no card)"),
+    ("anonymous", "'anonymous' means a withheld number: such callers have no number to look up"),
     ("+79990000000", "no calls from +79990000000 in "),
+    ("79167770005x", "'79167770005x' is not a phone number (digits, a leading +,"),
+    ("++7916", "'++7916' is not a phone number"),
+    ("12", "'12' is not a phone number"),
+    ("abc", "'abc' is not a phone number (digits, a leading +, spaces, dashes, dots and"
+            " brackets only)"),
+    ("+7 916 123-45-6x", "is not a phone number"),
 ])
 def test_caller_errors_are_sentences(capsys: pytest.CaptureFixture[str], history: Config,
                                      config_file: Path, number: str, message: str) -> None:
@@ -399,3 +534,21 @@ async def test_the_daemon_judges_what_is_queued_when_it_stops(tmp_path: Path, am
     daemon.judge.submit(["ended-unseen"])  # as the consumer's save does, right before the stop
     await daemon.stop()
     assert row(config, "ended-unseen")["target"] == 1
+
+
+async def test_the_daemon_closes_the_store_even_if_the_last_judging_raises(
+        tmp_path: Path, ami: FakeAmi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the judge's drain must not leave the store's queued writes unwritten."""
+    path = tmp_path / "ctrackd.yaml"
+    path.write_text(DAEMON_CONFIG.format(ami_port=ami.port), encoding="utf-8")
+    daemon = Daemon(load_config(path), stop_grace=1.0)
+    await daemon.start()
+    assert daemon.judge is not None and daemon.store is not None
+
+    async def broken() -> None:
+        raise RuntimeError("a bug in the judge")
+    monkeypatch.setattr(daemon.judge, "drain", broken)
+    with pytest.raises(RuntimeError, match="a bug in the judge"):
+        await daemon.stop()
+    with pytest.raises(schema.StoreError, match="the call store is closed"):
+        await daemon.store.write("INSERT ...", [{}])  # refused before any SQL is looked at

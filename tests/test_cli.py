@@ -315,3 +315,21 @@ def test_report_totals_agree_whichever_the_grouping(store: Path) -> None:
     by_day = queries.report(conn, by="day")[-1]
     by_channel.pop("channel"), by_day.pop("day")
     assert by_channel == by_day
+
+
+def test_csv_spells_booleans_as_json_does() -> None:
+    """`--format csv` and `--format json` of one command say the same: true/false, empty null."""
+    rows = [{"first_time": True, "target": False, "note": None, "calls": 2}]
+    assert output.csv_text(rows, ["first_time", "target", "note", "calls"]) == (
+        "first_time,target,note,calls\ntrue,false,,2\n")
+
+
+@pytest.mark.parametrize("spelling, message", [
+    ("79161234567x", "--caller '79161234567x' is not a phone number"),
+    ("abc", "--caller 'abc' is not a phone number"),
+    ("Anonymous", "--caller 'Anonymous' means a withheld number"),
+])
+def test_calls_caller_must_look_like_a_number(capsys: pytest.CaptureFixture[str], store: Path,
+                                              config: Path, spelling: str, message: str) -> None:
+    code, out, err = run(capsys, "calls", "-c", str(config), "--caller", spelling)
+    assert (code, out) == (1, "") and message in err

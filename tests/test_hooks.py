@@ -24,14 +24,18 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from ctrackd import cli, daemon as daemon_module
+from ctrackd.attribution.plan import TargetRule
+from ctrackd.attribution.records import CallProgress, CallStatus
 from ctrackd.config import load_config
 from ctrackd.configcalls import HookConfig
 from ctrackd.daemon import Daemon
 from ctrackd.hooks import outbox
 from ctrackd.hooks.dispatcher import Dispatcher
 from ctrackd.store import queries, schema
+from ctrackd.store.judge import judge_calls
 from tests.simulator.ami_server import FakeAmi, read_capture
 from tests.test_daemon import agi_track, environment, mset_variables
 
@@ -325,6 +329,54 @@ async def test_redirects_only_on_the_same_host(store: Path, receiver: Receiver,
     assert sorted(r.path for r in receiver.received) == ["/away", "/final", "/moved"]
 
 
+async def test_each_outcome_logs_its_documented_line(
+        store: Path, receiver: Receiver, dispatchers: list[Dispatcher]) -> None:
+    """docs/hooks.md, Logs: hook_attempt_failed, hook_delivered, hook_gave_up, with context."""
+    receiver.answer = lambda n, request: web.Response(
+        status=503 if request.path == "/never" or n == 0 else 200)
+    hooks = [HookConfig("crm", url=receiver.url("/hook"), max_delay=0.05),
+             HookConfig("never", url=receiver.url("/never"), max_attempts=1)]
+    with capture_logs() as logs:
+        add(store, hooks, "11.1")
+        run(dispatchers, store, hooks, concurrency=1)
+        await wait_for(lambda: settled(store))
+    events = [e for e in logs if e["event"].startswith("hook_")]
+    assert not [e for e in events if e["event"] == "hook_delivery_crashed"], events
+    by_name = {(e["event"], e["hook"]): e for e in events}
+    assert set(by_name) == {("hook_attempt_failed", "crm"), ("hook_delivered", "crm"),
+                            ("hook_gave_up", "never")}
+    delivery = {r["hook"]: r["delivery_id"] for r in rows(store)}
+    for (name, hook), entry in by_name.items():
+        assert entry["hook_event"] == "missed" and entry["call_id"] == "11.1"
+        assert entry["delivery_id"] == delivery[hook]
+    assert by_name[("hook_attempt_failed", "crm")]["attempt"] == 1
+    assert by_name[("hook_attempt_failed", "crm")]["error"] == "HTTP 503"
+    assert by_name[("hook_delivered", "crm")]["attempt"] == 2
+    assert by_name[("hook_gave_up", "never")]["log_level"] == "error"
+
+
+async def test_a_store_that_cannot_be_opened_is_retried_not_fatal(
+        store: Path, receiver: Receiver, dispatchers: list[Dispatcher]) -> None:
+    """The daemon's connect raises StoreError (not sqlite3.Error) when the store will not open."""
+    hooks = [HookConfig("crm", url=receiver.url())]
+    add(store, hooks, "12.1")
+    opened: list[bool] = []
+
+    def connect_later() -> sqlite3.Connection:
+        opened.append(True)
+        if len(opened) < 3:
+            raise schema.StoreError(f"cannot open the call store {store}: disk I/O error")
+        return connect(store)
+    with capture_logs() as logs:
+        dispatcher = Dispatcher(connect_later, hooks, poll_interval=0.02)
+        dispatcher.start()
+        dispatchers.append(dispatcher)
+        await wait_for(lambda: settled(store))
+    assert not dispatcher.task.done() and len(receiver.delivered_ids()) == 1
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "hook_outbox_unreadable"] * 2
+
+
 # -- command hooks ---------------------------------------------------------------
 
 async def test_command_hook_gets_the_json_on_stdin(store: Path, tmp_path: Path,
@@ -387,6 +439,36 @@ time.sleep(60)
     assert row["last_error"] == "timed out after 0.5 s (killed)"
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
         os.kill(int(pid_file.read_text()), 0)
+
+
+async def test_command_that_leaves_a_child_on_stderr_is_delivered_once(
+        store: Path, tmp_path: Path, dispatchers: list[Dispatcher]) -> None:
+    """Exit 0 decides, even while a background child still holds stderr open.
+
+    The child is killed with the process group: it neither outlives the
+    attempt nor makes it a timeout (which would run the command again)."""
+    runs, pid_file = tmp_path / "runs", tmp_path / "child.pid"
+    command = ("/bin/sh", "-c",
+               f"echo x >> {runs}; sleep 30 & echo $! > {pid_file}; exit 0")
+    hooks = [HookConfig("notify", command=command, timeout=3, max_attempts=3,
+                        max_delay=0.05)]
+    add(store, hooks, "6.2")
+    run(dispatchers, store, hooks)
+    await wait_for(lambda: settled(store))
+    [row] = rows(store)
+    assert row["delivered_at"] is not None and row["attempts"] == 1, row
+    assert row["last_error"] is None and runs.read_text() == "x\n"
+    child = int(pid_file.read_text())
+    await wait_for(lambda: not _running(child), timeout=2)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed child of the shell may wait for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 async def test_missing_program_is_a_failure_not_a_crash(
@@ -546,10 +628,20 @@ def test_hooks_command_lists_and_retries(store: Path, tmp_path: Path,
     assert cli.main(["hooks", "retry", "-c", str(config)]) == 1
     assert "IDs or --all-failed" in capsys.readouterr().err
     assert cli.main(["hooks", "retry", "--all-failed", "-c", str(config)]) == 0
-    assert "1 deliveries due now" in capsys.readouterr().out
+    assert "1 delivery due now\n" == capsys.readouterr().out
     conn = connect(store)
     assert {r["status"] for r in outbox.list_outbox(conn)} == {"pending"}
+    # Delivered at the next try: the error it got past stays in JSON, not in the table.
+    [again] = [d for d in outbox.claim_due(conn, ["crm"], time.time(), lease=1, limit=9)
+               if d.call_id == "10.1"]
+    outbox.mark_delivered(conn, again.id, time.time())
     conn.close()
+    assert cli.main(["hooks", "-c", str(config), "--status", "delivered"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.split()[3] == "delivered" and line.endswith("  -")
+    assert cli.main(["hooks", "-c", str(config), "--status", "delivered", "--format",
+                     "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["last_error"].startswith("HTTP 500")
     assert cli.main(["hooks", "retry", "999", "-c", str(config)]) == 1
     assert "999" in capsys.readouterr().err
 
@@ -563,3 +655,40 @@ def test_hooks_command_without_a_store(tmp_path: Path,
     assert cli.main(["hooks", "retry", "1", "-c", str(config)]) == 1
     assert "no call store" in capsys.readouterr().err
     assert not (tmp_path / "calls.sqlite3").exists()
+
+
+# -- docs/hooks.md says what the code does -------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
+
+
+def test_the_documented_payload_has_the_fields_a_real_one_has(store: Path) -> None:
+    """The example in docs/hooks.md is a real missed event, field for field."""
+    text = DOCS.read_text(encoding="utf-8")
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    conn = connect(store)
+    try:
+        started = NOW - 100
+        queries.save_progress(conn, [_missed_call("doc.1", started)])
+        hooks = [HookConfig("crm", url="http://127.0.0.1:9/a")]
+        judge_calls(conn, ["doc.1"], rules=lambda channel: ("default", TargetRule()), now=NOW,
+                    enqueue=lambda c, e, cid, p, n: outbox.enqueue(c, hooks, e, cid, p, n))
+    finally:
+        conn.close()
+    real = json.loads(rows(store)[0]["payload"])
+    assert list(example) == list(real)
+    assert list(example["data"]) == list(real["data"])
+    assert example["data"]["target_rule"] == "default: not target: not answered (no_answer)"
+
+
+def _missed_call(call_id: str, started: float) -> CallProgress:
+    progress = CallProgress(call_id, started, CallStatus.RINGING, caller="+79161234567")
+    progress.finish(CallStatus.NO_ANSWER, started + 21, "hangup")
+    return progress
+
+
+def test_the_documented_time_to_give_up_is_the_backoffs(store: Path) -> None:
+    waits = [[outbox.retry_delay(n, base=10, max_delay=3600, rand=lambda: r)
+              for n in range(1, 20)] for r in (0.0, 1.0)]  # 20 attempts: 19 waits
+    low, high = (round(sum(w) / 3600, 1) for w in waits)
+    assert f"default: {low} to {high} hours of waiting" in DOCS.read_text(encoding="utf-8")

@@ -49,6 +49,12 @@ LEASE_MARGIN = 30.0
 T = TypeVar("T")
 
 
+class OutboxUnavailable(sqlite3.Error):
+    """`connect` failed: the store cannot be opened now (the daemon's connect raises
+    StoreError, which this package may not import: adapters stay apart). Handled
+    like any database error: logged, and tried again at the next look."""
+
+
 class Dispatcher:
     """`start()` it in the daemon, `nudge()` it after enqueueing, `await stop(grace)` it."""
 
@@ -174,8 +180,10 @@ class Dispatcher:
 
     async def _deliver(self, delivery: Delivery, hook: HookConfig) -> None:
         """One attempt and its mark. Errors of the attempt are failures, never raised."""
-        context = dict(hook=hook.name, event=delivery.event, delivery_id=delivery.delivery_id,
-                       call_id=delivery.call_id, attempt=delivery.attempts)
+        # `hook_event`, not `event`: that name is structlog's own (the log line's name)
+        context = dict(hook=hook.name, hook_event=delivery.event,
+                       delivery_id=delivery.delivery_id, call_id=delivery.call_id,
+                       attempt=delivery.attempts)
         try:
             if hook.url is not None:
                 assert self._session is not None
@@ -216,7 +224,12 @@ class Dispatcher:
             conn, self._conn = self._conn, None
             return fn(conn)
         if self._conn is None:
-            self._conn = self._connect()
+            try:
+                self._conn = self._connect()
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever it is, there is no connection
+                raise OutboxUnavailable(str(exc)) from exc
         return fn(self._conn, *args)
 
 

@@ -28,6 +28,12 @@ MAX_REDIRECTS = 3
 _REDIRECTS = {301, 302, 307, 308}  # 303 means "GET something else": not a delivery
 #: bytes of a response body or of a command's stderr kept as the error's detail
 DETAIL_BYTES = 300
+#: seconds a command's stderr may stay open after it exited (a background child holds it)
+STDERR_GRACE = 0.5
+#: seconds between looks at whether a command has exited
+EXIT_POLL = 0.02
+#: seconds to wait for a killed command's exit and pipes to be collected
+REAP_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +106,14 @@ async def run_command(hook: HookConfig, delivery: Delivery) -> Failure | None:
 
     It gets CTRACK_EVENT, CTRACK_DELIVERY_ID, CTRACK_HOOK (and CTRACK_CALL_ID
     when there is a call) on top of the daemon's environment. It runs in its
-    own process group: on timeout (or when the daemon stops) the whole group
-    is killed, so a child it left behind cannot hold the attempt open.
+    own process group, killed whole when the attempt ends (exit, timeout, or
+    the daemon stopping): a child it left behind cannot hold the attempt
+    open, nor outlive it.
+
+    The program's exit decides, not the end of its stderr: a background
+    child (`sleep 30 &`) keeps stderr open after the program exited 0, and
+    waiting for it would turn a delivered event into a timeout, and so into a
+    retry that runs the command's side effect again.
     """
     assert hook.command is not None
     env = dict(os.environ, CTRACK_EVENT=delivery.event, CTRACK_DELIVERY_ID=delivery.delivery_id,
@@ -115,26 +127,30 @@ async def run_command(hook: HookConfig, delivery: Delivery) -> Failure | None:
     except OSError as exc:  # missing program, not executable: the admin may fix it
         summary = f"cannot run {hook.command[0]}"
         return Failure(summary, f"{summary}: {exc.strerror or exc}")
+    tail = bytearray()  # filled as stderr comes: what was read survives a cut read
+    assert process.stderr is not None
+    reader = asyncio.create_task(_read_tail(process.stderr, tail))
     try:
         async with asyncio.timeout(hook.timeout):
-            stderr = await _feed(process, delivery.body)
-            code = await process.wait()
+            await _feed(process, delivery.body)
+            code = await _exited(process)
+        await asyncio.wait({reader}, timeout=STDERR_GRACE)  # its last words, briefly
     except TimeoutError:
         return _timed_out(hook, killed=True)
     finally:
-        if process.returncode is None:  # timed out or cancelled: nothing may outlive it
-            _kill_group(process.pid)
-            await process.wait()
+        _kill_group(process.pid)  # always: whatever it left running goes with it
+        reader.cancel()
+        await _reap(process)
     if code == 0:
         return None
     summary = f"exit status {code}" if code > 0 else f"killed by signal {-code}"
-    said = stderr.decode("utf-8", errors="replace").strip()
+    said = bytes(tail).decode("utf-8", errors="replace").strip()
     return Failure(summary, summary + (f": {said}" if said else ""))
 
 
-async def _feed(process: asyncio.subprocess.Process, body: bytes) -> bytes:
-    """Write the body to stdin, close it, and read stderr to its end (keeping the tail)."""
-    assert process.stdin is not None and process.stderr is not None
+async def _feed(process: asyncio.subprocess.Process, body: bytes) -> None:
+    """Write the body to stdin and close it."""
+    assert process.stdin is not None
     try:
         process.stdin.write(body)
         await process.stdin.drain()
@@ -142,10 +158,37 @@ async def _feed(process: asyncio.subprocess.Process, body: bytes) -> bytes:
         pass  # a program that ignores its stdin may still do its job
     finally:
         process.stdin.close()
-    tail = b""
-    while chunk := await process.stderr.read(4096):
-        tail = (tail + chunk)[-DETAIL_BYTES:]
-    return tail
+
+
+async def _read_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
+    """Read stderr to its end, keeping its last DETAIL_BYTES in `tail`."""
+    while chunk := await stream.read(4096):
+        tail += chunk
+        del tail[:-DETAIL_BYTES]
+
+
+async def _exited(process: asyncio.subprocess.Process) -> int:
+    """The exit status, once the program has ended.
+
+    Not `process.wait()`: that returns only when stdin/stderr are closed
+    too, which a background child of the program may delay for as long as
+    it runs. `returncode` is set the moment the exit is seen.
+    """
+    while process.returncode is None:
+        await asyncio.sleep(EXIT_POLL)
+    return process.returncode
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """After the group's kill: let the exit and the pipes' end be collected.
+
+    Bounded: a descendant that left the group (setsid) may hold stderr open,
+    and it is not this attempt's to wait for.
+    """
+    waiter = asyncio.ensure_future(process.wait())
+    done, _ = await asyncio.wait({waiter}, timeout=REAP_SECONDS)
+    if not done:
+        waiter.cancel()
 
 
 def _kill_group(pid: int) -> None:

@@ -92,9 +92,13 @@ def _card(caller: str, calls: int, answered: float, missed: float, targets: floa
 
 
 def withheld_calls(conn: sqlite3.Connection, *, since: float | None = None,
-                   until: float | None = None, missed_only: bool = False) -> int:
+                   until: float | None = None, missed_only: bool = False,
+                   channel: str | None = None) -> int:
     """Calls from withheld numbers in the range (they make no card and cannot be called back)."""
     where, params = _range(since, until)
+    if channel is not None:
+        where += " AND channel = ?"
+        params.append(channel)
     status = f" AND status IN ({MISSED_SQL})" if missed_only else ""
     return int(conn.execute(f"SELECT COUNT(*) FROM calls WHERE caller IS NULL{where}{status}",
                             params).fetchone()[0])
@@ -141,24 +145,26 @@ def callback_list(conn: sqlite3.Connection, *, now: float, since: float | None =
     if caller is not None:
         where += " AND caller = ?"
         params.append(caller)
+    # The last contact is looked up per missed call by two correlated
+    # subqueries, each a range of an index ((caller, started_at),
+    # (number, answered_at)): a join of the missed calls to a per-caller CTE
+    # ran as two full scans, quadratic in the store's size.
     sql = f"""
         WITH missed AS (
-            SELECT call_id, caller, started_at, {TOUCH_SQL} AS touch FROM calls
-            WHERE status IN ({MISSED_SQL}) AND caller IS NOT NULL{where}),
-        contacts AS (
-            SELECT x.caller, MAX(
+            SELECT call_id, caller, started_at, {TOUCH_SQL} AS touch, MAX(
                 COALESCE((SELECT MAX(COALESCE(c.answered_at, c.started_at)) FROM calls c
-                          WHERE c.caller = x.caller AND c.status = 'answered'), 0),
+                          WHERE c.caller = calls.caller AND c.status = 'answered'), 0),
                 COALESCE((SELECT MAX(o.answered_at) FROM outbound_calls o
-                          WHERE o.number = x.caller), 0)) AS contact_at
-            FROM (SELECT DISTINCT caller FROM missed) x),
+                          WHERE o.number = calls.caller), 0)) AS contact_at
+            FROM calls
+            WHERE status IN ({MISSED_SQL}) AND caller IS NOT NULL{where}),
         pending AS (
-            SELECT m.*, contact_at,
+            SELECT m.*,
                    ROW_NUMBER() OVER w_desc AS recent,
                    COUNT(*) OVER (PARTITION BY m.caller) AS attempts,
                    MIN(m.started_at) OVER (PARTITION BY m.caller) AS first_missed_at
-            FROM missed m JOIN contacts USING (caller)
-            WHERE m.started_at > contacts.contact_at
+            FROM missed m
+            WHERE m.started_at > m.contact_at
             WINDOW w_desc AS (PARTITION BY m.caller ORDER BY m.started_at DESC, m.call_id DESC))
         SELECT caller, first_missed_at, started_at, attempts, touch, call_id, contact_at
         FROM pending WHERE recent = 1 ORDER BY first_missed_at, caller

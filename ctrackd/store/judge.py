@@ -4,11 +4,14 @@ Runs off the call path: the daemon hands the ids of the calls the AMI side
 has just saved as ended to `JudgeWorker` (a task that batches them and
 judges each batch in a thread, with its own connection); the fallback
 hang-up handler judges its own call right after closing it. Both end in
-`judge_calls`: one short write transaction that reads the calls and each
-caller's previous call through the (caller, started_at) index, writes the
-verdicts (`attribution.targets.judge_call`) and, in the same transaction,
-queues the missed-call hook (the outbox), so a verdict and its hook are
-never one without the other.
+`judge_calls`: short write transactions (one per JUDGE_CHUNK calls, so the
+AGI route's saves never wait long behind a big batch) that read the calls
+and each caller's previous call through the (caller, started_at) index,
+write the verdicts (`attribution.targets.judge_call`) and, in the same
+transaction, queue the missed-call hook (the outbox), so a verdict and its
+hook are never one without the other. Whatever failed to be judged (a
+dropped batch, the fallback script's judge, a call closed after a crash) is
+found again by the daemon's sweep, every SWEEP_INTERVAL seconds.
 
 Out-of-order arrival: a call can reach the store after a later call of the
 same caller was judged (a record written late by the fallback script, a
@@ -35,6 +38,7 @@ from ctrackd.attribution.records import MISSED_STATUSES, CallStatus
 from ctrackd.attribution.targets import Verdict, judge_call
 from ctrackd.store import queries
 from ctrackd.store.callers import callback_list
+from ctrackd.store.schema import StoreError
 
 log = structlog.get_logger("ctrackd.judge")
 
@@ -45,11 +49,23 @@ Rules = Callable[[str | None], tuple[str, TargetRule]]
 #: not import the hooks package (adapters stay apart); the roots bind it.
 EnqueueHook = Callable[[sqlite3.Connection, str, str | None, Mapping[str, Any], float], int]
 
-#: how far back the daemon looks at start for ended calls nobody judged (a
-#: crash between the save and the judging: systemd restarts us in seconds).
-#: Short on purpose: the sweep fires missed-call hooks, and the first start
-#: after the upgrade to schema 4 finds every older call unjudged.
+#: how far back the daemon's sweep looks for ended calls nobody judged, by
+#: the time their row was last written (a batch dropped after its retries,
+#: the fallback script's judge failing, a crash between the save and the
+#: judging, a long call closed at the restart). Short on purpose: the sweep
+#: fires missed-call hooks, and the first start after the upgrade to schema 4
+#: finds every older call unjudged.
 SWEEP_SECONDS = 3600.0
+#: seconds between two sweeps while the daemon runs (the first is at start)
+SWEEP_INTERVAL = 300.0
+#: a call that ENDED longer ago than this before the sweep's window is never
+#: swept, even if its row was written lately (retention deleting an old
+#: recording, an operator's code): its missed-call hook would be news of a
+#: call made days ago
+SWEEP_MAX_ENDED_AGE = 86400.0
+#: calls judged per write transaction: a batch of thousands (a backlog after
+#: an outage) commits in steps and never holds SQLite's write lock for long
+JUDGE_CHUNK = 200
 
 _SELECT = ("SELECT call_id, caller, channel, status, talk_seconds, started_at, target,"
            " previous_call_at FROM calls")
@@ -67,33 +83,60 @@ class Judged:
 
 def judge_calls(conn: sqlite3.Connection, call_ids: Iterable[str], *, rules: Rules,
                 now: float, enqueue: EnqueueHook | None = None) -> Judged:
-    """Judge the ended calls among `call_ids` in ONE transaction; open or unknown ids are skipped.
+    """Judge the ended calls among `call_ids`; open or unknown ids are skipped.
 
-    `conn`: a writer connection from `queries.connect` (autocommit). `enqueue`:
-    None when no hook is configured (no payload is even built).
+    One transaction per JUDGE_CHUNK ids (each chunk's verdicts and hooks
+    together): judging is idempotent, so after a failure half-way the
+    caller simply judges the whole batch again. `conn`: a writer connection
+    from `queries.connect` (autocommit). `enqueue`: None when no hook is
+    configured (no payload is even built).
     """
     ids = list(dict.fromkeys(call_ids))
     judged = targets = hooks = 0
-    with queries.transaction(conn):
-        rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(ids), queries.MAX_ROWS_PER_STATEMENT):
-            chunk = ids[start:start + queries.MAX_ROWS_PER_STATEMENT]
-            rows += conn.execute(
-                f"{_SELECT} WHERE call_id IN ({', '.join('?' * len(chunk))})"
-                " AND ended_at IS NOT NULL", chunk).fetchall()
-        for row in sorted(rows, key=lambda r: (r[5], r[0])):
-            call_id, caller, status = row[0], row[1], _status(row[3])
-            previous = _previous_call_at(conn, caller, row[5], call_id)
-            verdict = _verdict(rules, row, previous)
-            _write(conn, call_id, verdict)
-            judged, targets = judged + 1, targets + verdict.target
-            if caller is not None:
-                fixed = _rejudge_next(conn, rules, caller, row[5], call_id)
-                judged, targets = judged + fixed[0], targets + fixed[1]
-            if enqueue is not None and status in MISSED_STATUSES:
-                hooks += enqueue(conn, "missed", call_id, missed_payload(conn, call_id, caller,
-                                                                         now), now)
+    for start in range(0, len(ids), JUDGE_CHUNK):
+        with queries.transaction(conn):
+            part = _judge_chunk(conn, ids[start:start + JUDGE_CHUNK], rules, now, enqueue)
+        judged, targets, hooks = (judged + part.calls, targets + part.targets,
+                                  hooks + part.hooks)
     return Judged(judged, targets, hooks)
+
+
+def _judge_chunk(conn: sqlite3.Connection, ids: list[str], rules: Rules, now: float,
+                 enqueue: EnqueueHook | None) -> Judged:
+    judged = targets = hooks = 0
+    rows = conn.execute(f"{_SELECT} WHERE call_id IN ({', '.join('?' * len(ids))})"
+                        " AND ended_at IS NOT NULL", ids).fetchall()
+    for row in sorted(rows, key=lambda r: (r[5], r[0])):
+        call_id, caller, status = row[0], row[1], _status(row[3])
+        previous = _previous_call_at(conn, caller, row[5], call_id)
+        verdict = _verdict(rules, row, previous)
+        _write(conn, call_id, verdict)
+        judged, targets = judged + 1, targets + verdict.target
+        if caller is not None:
+            fixed = _rejudge_next(conn, rules, caller, row[5], call_id)
+            judged, targets = judged + fixed[0], targets + fixed[1]
+        if (enqueue is not None and status in MISSED_STATUSES
+                and not _got_through(conn, caller, row[5])):
+            hooks += enqueue(conn, "missed", call_id, missed_payload(conn, call_id, caller,
+                                                                     now), now)
+    return Judged(judged, targets, hooks)
+
+
+def _got_through(conn: sqlite3.Connection, caller: str | None, started_at: float) -> bool:
+    """Whether the caller was reached after this missed call (an answered call either way).
+
+    Then there is no callback to ask for: a call judged late (the sweep, a
+    retried batch) must not ask for one. The same contact as the callback
+    list's (`store.callers`), through the same two indexes. A withheld
+    caller can never be reached: always False.
+    """
+    if caller is None:
+        return False
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM calls WHERE caller = :caller AND status = 'answered'"
+        "  AND COALESCE(answered_at, started_at) >= :since)"
+        " OR EXISTS (SELECT 1 FROM outbound_calls WHERE number = :caller"
+        "  AND answered_at >= :since)", {"caller": caller, "since": started_at}).fetchone()[0] == 1
 
 
 def missed_payload(conn: sqlite3.Connection, call_id: str, caller: str | None,
@@ -110,10 +153,17 @@ def missed_payload(conn: sqlite3.Connection, call_id: str, caller: str | None,
 
 
 def unjudged_calls(conn: sqlite3.Connection, since: float) -> list[str]:
-    """Ended calls started after `since` that have no verdict (the daemon's start sweep)."""
+    """Ended calls without a verdict whose row was written after `since` (the daemon's sweep).
+
+    By `updated_at` (its index), not `started_at`: a call longer than the
+    window, or closed at a restart, was written lately however long ago it
+    began. A call that ended SWEEP_MAX_ENDED_AGE before the window is left
+    alone (see there).
+    """
     return [r[0] for r in conn.execute(
-        "SELECT call_id FROM calls WHERE started_at >= ? AND ended_at IS NOT NULL"
-        " AND target IS NULL ORDER BY started_at", (since,))]
+        "SELECT call_id FROM calls INDEXED BY calls_updated_at WHERE updated_at >= ?"
+        " AND ended_at >= ? AND target IS NULL ORDER BY started_at",
+        (since, since - SWEEP_MAX_ENDED_AGE))]
 
 
 def _previous_call_at(conn: sqlite3.Connection, caller: str | None, started_at: float,
@@ -184,15 +234,17 @@ class JudgeWorker:
     own (WAL, busy timeout), so the group-commit writer and the AGI path
     never wait for it. A batch that fails is retried (`retries` times, a
     `retry_delay` apart) and then logged with its ids and dropped: a verdict
-    can always be recomputed (the start sweep judges what is left), a call
-    record is never touched by a failure here.
+    can always be recomputed (the sweep, at start and every `sweep_interval`
+    seconds, judges what is left), a call record is never touched by a
+    failure here. A store that cannot even be opened (StoreError) is one
+    more such failure: the daemon keeps taking calls meanwhile.
     """
 
     def __init__(self, path: str | Path, *, rules: Callable[[], Rules],
                  enqueue: Callable[[], EnqueueHook | None], synchronous: str = "normal",
                  after: Callable[[Judged], None] | None = None,
                  clock: Callable[[], float] = time.time, retry_delay: float = 5.0,
-                 retries: int = 3) -> None:
+                 retries: int = 3, sweep_interval: float = SWEEP_INTERVAL) -> None:
         self._path = Path(path)
         self._rules = rules
         self._enqueue = enqueue
@@ -201,6 +253,7 @@ class JudgeWorker:
         self._clock = clock
         self._retry_delay = retry_delay
         self._retries = retries
+        self._sweep_interval = sweep_interval
         self._queued: dict[str, None] = {}   # ordered set: ids waiting for the next batch
         self._inflight: list[str] = []
         self._wakeup = asyncio.Event()
@@ -216,16 +269,32 @@ class JudgeWorker:
             self._wakeup.set()
 
     async def run(self, *, sweep: bool = True) -> None:
-        """Judge forever (until cancelled); first the recent calls nobody judged."""
-        if sweep:
-            try:
-                self.submit(await asyncio.to_thread(self._unjudged))
-            except sqlite3.Error as exc:  # the sweep is a nicety: the daemon goes on
-                log.warning("calls_judge_sweep_failed", error=repr(exc))
+        """Judge forever (until cancelled); with `sweep`, also the recent calls nobody
+        judged: at start, then every `sweep_interval` seconds."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
         while True:
-            await self._wakeup.wait()
+            if sweep and loop.time() >= next_sweep:
+                await self._sweep()
+                next_sweep = loop.time() + self._sweep_interval
+            try:
+                timeout = max(0.0, next_sweep - loop.time()) if sweep else None
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                continue
             self._wakeup.clear()
             await self._judge_queued()
+
+    async def _sweep(self) -> None:
+        try:
+            found = await asyncio.to_thread(self._unjudged)
+        except (sqlite3.Error, OSError, StoreError) as exc:  # next time, then
+            log.warning("calls_judge_sweep_failed", error=repr(exc))
+            return
+        found = [c for c in found if c not in self._queued and c not in self._inflight]
+        if found:  # not the ids on their way already: those are news, not leftovers
+            log.info("calls_judge_swept", calls=len(found))
+            self.submit(found)
 
     async def drain(self) -> None:
         """Judge what is queued or was cut mid-batch: the daemon's last act before closing."""
@@ -241,7 +310,7 @@ class JudgeWorker:
         for attempt in range(attempts):
             try:
                 result = await asyncio.to_thread(self._judge, batch)
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, OSError, StoreError) as exc:
                 self.failed_batches += 1
                 last = attempt == attempts - 1
                 log.error("calls_judge_failed", error=repr(exc), calls=len(batch),
