@@ -184,6 +184,40 @@ MIGRATIONS: list[tuple[int, str]] = [
     -- The start-up load and the housekeeping purge read by reserved_until.
     CREATE INDEX web_sessions_reserved_until ON web_sessions (reserved_until);
     """),
+    (6, """
+    -- Ad spend, per day and whatever the ad system reports it by (config or
+    -- `ctrackd spend import FILE`). A NULL key means "any": a channel's
+    -- monthly budget spread over days has only day + channel. Re-importing
+    -- the same day and keys replaces the amount (the unique index).
+    CREATE TABLE spend (
+        id            INTEGER PRIMARY KEY,
+        day           TEXT NOT NULL,             -- ISO date, in the report's time zone
+        channel       TEXT,
+        source        TEXT,
+        medium        TEXT,
+        campaign      TEXT,
+        term          TEXT,
+        amount        REAL NOT NULL,
+        currency      TEXT,
+        origin        TEXT NOT NULL,             -- "config" or the imported file's name
+        imported_at   REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX spend_key ON spend (day, IFNULL(channel, ''), IFNULL(source, ''),
+        IFNULL(medium, ''), IFNULL(campaign, ''), IFNULL(term, ''));
+    -- Every leg that rang for a call (the operators report: offered, answered,
+    -- missed while it rang, time to answer), written by the AMI side.
+    CREATE TABLE call_legs (
+        call_id       TEXT NOT NULL,
+        leg           TEXT NOT NULL,             -- the dialled channel's Uniqueid
+        endpoint      TEXT NOT NULL,             -- e.g. PJSIP/101 (tracker.endpoint_of)
+        rang_at       REAL NOT NULL,             -- DialBegin
+        answered_at   REAL,
+        ended_at      REAL,
+        outcome       TEXT,                      -- answer, noanswer, busy, cancel, ...
+        PRIMARY KEY (call_id, leg)
+    );
+    CREATE INDEX call_legs_endpoint ON call_legs (endpoint, rang_at);
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
