@@ -244,3 +244,55 @@ def test_a_damaged_row_still_keeps_its_code(tmp_path: Path) -> None:
     assert (back.session_id, back.visitor_id, back.promo_code, until) == (
         "s1", "v1", "4821", 500.0)
     assert back.pages == [] and back.source is None
+
+
+# -- rows are trusted for nothing; restored times err on the visitor's side ---------
+
+@pytest.mark.parametrize("data_json", [
+    '{"pool": ["main"]}',                                   # unhashable pool
+    '{"number": ["+74950000001"], "pool": "main"}',        # a list for a number
+    '{"pool": "main", "number": "+74950000001", "visit_number": "7"}',
+    '{"pages": [1, 2]}', '[1, 2]', '{"shared": "yes"}',
+])
+def test_a_row_with_fields_of_the_wrong_type_restores_without_them(data_json: str) -> None:
+    from ctrackd.attribution.pools import PoolSpec
+    from ctrackd.attribution.sessions import VisitInput
+    from ctrackd.store.sessions import session_from_row
+    now = 1_000_000.0
+    session, until = session_from_row(("a", "v1", None, now - 100, now - 10, now + 5000,
+                                       data_json))
+    plan = DynamicPlan([PoolSpec("main", ("+74950000001", "+74950000002"))],
+                       new_session_id=lambda: "b")
+    assert plan.restore([(session, until)], now) == 1
+    # and the visitor's next visit works (a str visit_number failed here with TypeError)
+    fresh, _ = plan.start_session(VisitInput(visitor_id="v1", utm_source="google"), now + 1)
+    assert isinstance(fresh.visit_number, int)
+
+
+def test_a_restored_retired_session_still_matches_its_code_until_the_reservation_ends() -> None:
+    """The row is rewritten only every resave_seconds of heartbeats: a restart must not
+    expire the visit (and unmatch its code) by that much too early."""
+    import itertools
+    import random
+    from ctrackd.attribution.sessions import VisitInput
+    from ctrackd.configcalls import PromoConfig
+    from ctrackd.store.sessions import session_from_row, session_rows
+
+    def plan() -> DynamicPlan:
+        ids = (f"s{i}" for i in itertools.count())
+        return DynamicPlan([], new_session_id=lambda: next(ids),
+                           promo=PromoConfig(length=4, code_ttl=1800.0),
+                           choose_code=random.Random(1).randrange)
+    before, t = plan(), 1_000_000.0
+    session, _ = before.start_session(VisitInput("v1", page_url="https://x.example/"), t)
+    rows = session_rows(before.take_dirty())             # flushed at t
+    for k in range(1, 10):                               # heartbeats until t + 270, unwritten
+        before.heartbeat(session.session_id, t + 30 * k)
+    assert not before.dirty
+    keyed_at = t + 270 + before.promo.ttl - 60           # the tab closed at t + 270
+    assert before.session_by_code(session.promo_code, keyed_at)[0] is not None
+    after = plan()
+    after.restore([session_from_row(tuple(row.values())) for row in rows], t + 300)
+    after.expire(keyed_at)
+    found, status = after.session_by_code(session.promo_code, keyed_at)
+    assert found is not None and found.session_id == session.session_id, status

@@ -260,7 +260,12 @@ class DynamicPlan:
         for session, _ in rows:
             if session.promo_code is not None and session.session_id not in held:
                 continue
+            # The row is rewritten only every `resave_seconds` of heartbeats:
+            # the visit may have been seen up to that much later than stored.
+            # Counting from the stored time would expire the session (and
+            # unmatch its still-reserved code) that much too early.
             session.saved_seen = session.last_seen
+            session.last_seen = min(now, session.last_seen + self.resave_seconds)
             pool = self.pools.get(session.pool) if session.pool is not None else None
             if pool is not None:
                 pool.remember(session.session_id, session.number, session.last_seen, now)

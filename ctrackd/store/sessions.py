@@ -75,13 +75,36 @@ def session_from_row(row: tuple[Any, ...]) -> tuple[VisitorSession, float]:
                              created_at=created_at, last_seen=last_seen, promo_code=promo_code)
     try:
         data = json.loads(data_json)
+        if not isinstance(data, dict):
+            raise TypeError("data_json is not an object")
         details = {name: data[name] for name in _JSON_FIELDS if name in data}
-        if not isinstance(details.get("pages", []), list):
-            raise TypeError("pages is not a list")
+        wrong = sorted(name for name, value in details.items()
+                       if not _FIELD_TYPES[name](value))
+        for name in wrong:  # a field of the wrong type would fail later, on a request
+            del details[name]
+        if wrong:
+            log.warning("web_session_details_dropped", session_id=session_id, fields=wrong)
         session = dataclasses.replace(session, **details)
     except (ValueError, TypeError, AttributeError) as exc:
         log.warning("web_session_details_unreadable", session_id=session_id, error=repr(exc))
     return session, until
+
+
+def _text_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+#: the type check of each data_json field: a row is trusted for nothing (a
+#: newer ctrackd, a hand edit, a damaged file)
+_FIELD_TYPES: dict[str, Any] = {
+    name: (
+        (lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v))
+        if name == "pages" else
+        (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        if name == "visit_number" else
+        (lambda v: isinstance(v, bool)) if name in ("shared", "overflow") else
+        _text_or_none)
+    for name in _JSON_FIELDS}
 
 
 def load_sessions(path: str | Path, now: float) -> list[tuple[VisitorSession, float]]:
