@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from ctrackd.aio import wait_event
 from ctrackd.attribution.retention import format_bytes
 from ctrackd.config import Config
 from ctrackd.recordings import PruneReport, policy_of, prune
@@ -65,12 +66,8 @@ class RetentionTask:
             self._wake.clear()
             interval = self._config().recordings.retention.interval
             self.next_round = since + (min(interval, FIRST_PRUNE_DELAY) if first else interval)
-            try:
-                await asyncio.wait_for(self._wake.wait(),
-                                       max(0.0, self.next_round - loop.time()))
-            except TimeoutError:
-                pass
-            else:  # reloaded: the same wait, measured with the new interval
+            if await wait_event(self._wake, max(0.0, self.next_round - loop.time())):
+                # reloaded: the same wait, measured with the new interval
                 log.info("recordings_retention_rescheduled", interval=interval,
                          next_round_in=round(max(0.0, self.next_round - loop.time()), 1))
                 continue
