@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ctrackd import progress as bars
 from ctrackd.exports import Format, Progress, convert_all, ga4, google_ads, yandex_metrica
 from ctrackd.store import exports as reads
 
@@ -76,7 +77,9 @@ def run_export(args: argparse.Namespace, config: Any, conn: Any, *, now: float |
             since = oldest
     calls = reads.qualifying_calls(conn, since=since, until=args.until,
                                    all_calls=args.all_calls)
-    rows = convert_all(calls, fmt, settings, left_out, progress)
+    # A bar on a terminal (quiet when piped) unless the caller watches itself.
+    with bars.bar(f"export {fmt.name}", unit="calls") as shown:
+        rows = convert_all(calls, fmt, settings, left_out, progress or bars.counter(shown))
     if args.send:
         return _send(rows, settings, left_out)
     _write(fmt, rows, settings, args.out)
