@@ -238,6 +238,7 @@ def hangup(agi: Any, config_path: str, *, now: float | None = None) -> None:
         progress.finish(status, ended_at, CLOSE_REASON)
         # only_if_open: if the daemon closed it meanwhile, its record stays
         queries.save_progress(conn, [progress], only_if_open=True)
+        _save_leg(conn, progress, values)
         _judge(conn, config, call_id, ended_at)
     finally:
         conn.close()
@@ -262,6 +263,30 @@ def _judge(conn: Any, config: Config, call_id: str, now: float) -> None:
         judge_calls(conn, [call_id], rules=config.target_rule, now=now, enqueue=enqueue)
     except Exception as exc:
         _log("call_judge_failed", call_id=call_id, error=_describe(exc))
+
+
+def _save_leg(conn: Any, progress: CallProgress, values: dict[str, str]) -> None:
+    """The answering leg, for the operators report: the only leg this handler knows.
+
+    Losers of a ring group or a queue are not known here (docs/operators.md).
+    The leg is named by the answering channel (its Uniqueid is not at hand);
+    it rang from DIALEDTIME before the end (Dial), else from the call's start
+    (Queue sets none). Written only when the call has no legs (the daemon saw
+    it otherwise); a failure costs the leg only, never the record.
+    """
+    if progress.answered_at is None or not progress.answered_by or progress.ended_at is None:
+        return
+    from ctrackd.store.legs import fallback_leg
+
+    dialed = _int(values["DIALEDTIME"])
+    rang_at = progress.ended_at - dialed if dialed is not None else progress.started_at
+    try:
+        fallback_leg(conn, call_id=progress.call_id,
+                     leg=values["DIALEDPEERNAME"] or progress.answered_by,
+                     endpoint=progress.answered_by, rang_at=min(rang_at, progress.answered_at),
+                     answered_at=progress.answered_at, ended_at=progress.ended_at)
+    except Exception as exc:
+        _log("call_leg_save_failed", call_id=progress.call_id, error=_describe(exc))
 
 
 def _read_hangup_variables(agi: Any) -> dict[str, str]:

@@ -20,6 +20,11 @@ retried like records), operator codes to `on_operator_code` one at a time
 (the daemon resolves each against the store; awaiting it keeps "the last
 code keyed wins" true). A code whose resolution fails is kept with the ones
 after it and tried again with the next batch, like the outbound calls.
+
+The legs that changed in a batch (`CallTracker.take_legs()`, one record per
+leg, the latest) go to `save_legs` after the notices and before the calls'
+records, so a call the store shows as ended has its legs there already; a
+failed save keeps them (the latest of each) for the next batch.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ctrackd.attribution.events import (
     OperatorCodeKeyed,
     OutboundAnswered,
 )
+from ctrackd.attribution.legs import LegRecord
 from ctrackd.attribution.records import CallProgress
 from ctrackd.attribution.tracker import CallTracker
 from ctrackd.logs import mask_number
@@ -51,6 +57,7 @@ SaveProgress = Callable[[list[CallProgress]], Awaitable[None]]
 RequestSnapshot = Callable[[], Awaitable[list[Mapping[str, Any]]]]
 SaveOutbound = Callable[[list[OutboundAnswered]], Awaitable[None]]
 OnOperatorCode = Callable[[OperatorCodeKeyed], Awaitable[None]]
+SaveLegs = Callable[[list[LegRecord]], Awaitable[None]]
 
 #: outbound calls (and operator codes) kept for a retry while the store refuses them;
 #: beyond, the oldest go
@@ -84,6 +91,7 @@ class AmiConsumer:
                  on_call_finished: Callable[[CallProgress], None] | None = None,
                  save_outbound: SaveOutbound | None = None,
                  on_operator_code: OnOperatorCode | None = None,
+                 save_legs: SaveLegs | None = None,
                  clock: Callable[[], float] = time.time, batch_max: int = 1000,
                  resync_interval: float = 300.0) -> None:
         self._queue = queue
@@ -95,6 +103,8 @@ class AmiConsumer:
         self._on_operator_code = on_operator_code
         self._outbound: list[OutboundAnswered] = []   # answered outbound calls not yet saved
         self._codes: list[OperatorCodeKeyed] = []     # operator codes not yet handed on
+        self._save_legs = save_legs
+        self._legs: dict[tuple[str, str], LegRecord] = {}  # changed legs not yet saved
         self._clock = clock
         self._batch_max = batch_max
         self._resync_interval = resync_interval
@@ -132,7 +142,32 @@ class AmiConsumer:
         # Notices first: an operator's code rewrites the call's channel, and a
         # call saved as ended is judged (its target rule is the channel's) at once.
         await self._flush_notices()
+        await self._flush_legs()
         await self._flush_progress()
+
+    async def _flush_legs(self) -> None:
+        if not self._legs or self._save_legs is None:
+            return
+        legs = list(self._legs.values())
+        try:
+            await self._save_legs(legs)
+        except Exception as exc:
+            if not _refused_by_itself(exc):  # the store is down: kept for the next batch
+                log.error("call_legs_save_failed", error=repr(exc), legs=len(legs))
+                return
+            for leg in legs:  # one leg spoils the batch: the others still go in
+                try:
+                    await self._save_legs([leg])
+                except Exception as one:
+                    if not _refused_by_itself(one):
+                        return
+                    log.error("call_leg_dropped", error=repr(one), leg=repr(leg))
+                self._legs.pop((leg.call_id, leg.leg), None)
+            return
+        for leg in legs:
+            key = (leg.call_id, leg.leg)
+            if self._legs.get(key) is leg:
+                del self._legs[key]
 
     async def _flush_progress(self) -> None:
         if not self._pending:
@@ -198,6 +233,13 @@ class AmiConsumer:
                 del self._codes[:-_OUTBOUND_PENDING_MAX]
                 return
 
+    def _take_legs(self) -> None:
+        for leg in self._tracker.take_legs():
+            if self._save_legs is not None:
+                self._legs[(leg.call_id, leg.leg)] = leg
+        while len(self._legs) > _OUTBOUND_PENDING_MAX:  # the store refuses for long: oldest go
+            del self._legs[next(iter(self._legs))]
+
     def _take_notices(self) -> None:
         for notice in self._tracker.take_notices():
             if isinstance(notice, OutboundAnswered):
@@ -222,6 +264,7 @@ class AmiConsumer:
                 self.failed_events += 1
                 log.exception("ami_item_failed", item=type(item).__name__)
         self._take_notices()
+        self._take_legs()
 
     def _apply_item(self, item: Any, received_at: float) -> None:
         if isinstance(item, AmiLinkEvent):

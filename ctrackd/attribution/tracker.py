@@ -39,11 +39,16 @@ Besides records, the tracker gives notices (`take_notices()`):
 - `OutboundAnswered`: a Dial from a channel that belongs to no tracked call
   was answered by an outside number (outbound.py says which): an office
   phone called somebody, who then leaves the callback list.
+
+And the legs (`take_legs()`): every dialled leg of a tracked call, its ring,
+answer, end and DialEnd outcome, kept by a `LegBook` (legs.py) for the
+operators report.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ctrackd.attribution.events import (
@@ -67,6 +72,7 @@ from ctrackd.attribution.events import (
     OutboundAnswered,
 )
 from ctrackd.attribution.keypad import CodeEntry
+from ctrackd.attribution.legs import LegBook, LegRecord
 from ctrackd.attribution.numbers import normalise_number
 from ctrackd.attribution.outbound import dialled_number
 from ctrackd.attribution.records import CallProgress, CallStatus
@@ -150,6 +156,7 @@ class CallTracker:
         self._created: dict[str, ChannelCreated] = {}  # Newchannel not yet tied to a call
         # Calls closed lately: their late or repeated events must not reopen them.
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self.legs = LegBook()  # the dialled legs of the open calls (operators report)
         self._handlers = {
             ChannelCreated: self._on_created,
             DialBegan: self._on_dial_began,
@@ -176,8 +183,9 @@ class CallTracker:
         """The calls open now: what a CoreShowChannels answer will be judged against."""
         return frozenset(self._calls)
 
-    def restore(self, progresses: list[CallProgress]) -> None:
-        """Take back the calls the store still has open (after a daemon restart)."""
+    def restore(self, progresses: list[CallProgress],
+                legs: Iterable[LegRecord] = ()) -> None:
+        """Take back the calls (and their legs) the store still has open (after a restart)."""
         for progress in progresses:
             if progress.is_open:
                 call = _Call(progress=progress)
@@ -185,10 +193,19 @@ class CallTracker:
                     call.outcome = CallStatus.ANSWERED
                 self._calls[progress.call_id] = call
                 self._legs[progress.call_id] = progress.call_id
+        open_legs = [leg for leg in legs if leg.call_id in self._calls]
+        self.legs.restore(open_legs)
+        for leg in open_legs:
+            self._legs[leg.leg] = leg.call_id
+            self._calls[leg.call_id].endpoints[leg.leg] = leg.endpoint
 
     def apply(self, event: CoreEvent) -> list[CallProgress]:
         """Apply one event; return the records it changed (often none)."""
         return self._handlers[type(event)](event)  # type: ignore[operator]
+
+    def take_legs(self) -> list[LegRecord]:
+        """The legs that changed since the last call (one record each, the latest)."""
+        return self.legs.take()
 
     def take_notices(self) -> list[Notice]:
         """The operator codes and outbound calls seen since the last call, in order."""
@@ -259,7 +276,10 @@ class CallTracker:
         call.ringing.add(event.dest_uniqueid)
         if call.progress.answered_at is None:
             call.outcome = None  # ringing again (a queue's next attempt, a transfer)
-        call.endpoints[event.dest_uniqueid] = endpoint_of(event.dest_channel, event.dial_string)
+        endpoint = endpoint_of(event.dest_channel, event.dial_string)
+        call.endpoints[event.dest_uniqueid] = endpoint
+        self.legs.began(call.progress.call_id, event.dest_uniqueid, endpoint,
+                        event.dest_channel, event.ts)
         self._legs[event.dest_uniqueid] = call.progress.call_id
         self._created.pop(event.dest_uniqueid, None)
         if call.progress.status == CallStatus.NEW:
@@ -280,6 +300,7 @@ class CallTracker:
         status = event.dial_status.upper()
         progress = call.progress
         call.ringing.discard(event.dest_uniqueid)
+        self.legs.dial_ended(event.dest_uniqueid, status, event.ts)
         if status == "ANSWER":
             if progress.answered_at is not None:
                 return []  # a transfer target answering later: the call was answered already
@@ -346,6 +367,7 @@ class CallTracker:
         call_id = call.progress.call_id
         if event.leg.uniqueid != call_id:
             self._legs.pop(event.leg.uniqueid, None)
+            self.legs.hung_up(event.leg.uniqueid, event.ts)
             return []
         call.progress.hangup_cause = event.cause
         call.progress.hangup_cause_txt = event.cause_txt
@@ -365,6 +387,7 @@ class CallTracker:
 
     def _forget(self, call_id: str) -> CallProgress:
         call = self._calls.pop(call_id)
+        self.legs.close_call(call_id, call.progress.ended_at or call.progress.started_at)
         for uniqueid in [call_id, *call.endpoints]:
             self._legs.pop(uniqueid, None)
             self._dtmf_begun.pop(uniqueid, None)
