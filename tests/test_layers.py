@@ -15,7 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "ctrackd"
 ADAPTERS = {"agi", "ami", "store", "web", "hooks"}
 # Leaf modules any adapter may use: they import no adapter themselves.
-SHARED = {"variables", "logs", "config", "configschema", "configdynamic", "configcalls"}
+SHARED = {"variables", "logs", "config", "configschema", "configdynamic", "configcalls",
+          "configmetrics", "metrics", "aio"}
 IO_MODULES = {"asyncio", "aiosqlite", "sqlite3", "panoramisk", "structlog", "aiohttp", "socket",
               "logging", "os", "time", "random", "secrets", "shutil", "subprocess"}
 

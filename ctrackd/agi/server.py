@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from ctrackd.agi.protocol import AgiChannel, AgiProtocolError, read_environment
+from ctrackd.metrics import Metrics
 
 Route = Callable[[AgiChannel], Awaitable[None]]
 
@@ -59,7 +60,8 @@ class AgiServer:
 
     def __init__(self, routes: Mapping[str, Route], *, host: str, port: int,
                  max_sessions: int = 256, session_timeout: float = 10.0,
-                 env_timeout: float = 2.0, logger: Any = None) -> None:
+                 env_timeout: float = 2.0, logger: Any = None,
+                 metrics: Metrics | None = None) -> None:
         self._routes = dict(routes)
         self._host, self._port = host, port
         self._max_sessions = max_sessions
@@ -67,6 +69,7 @@ class AgiServer:
         self._env_timeout = env_timeout
         self._log = logger if logger is not None else structlog.get_logger("ctrackd.agi")
         self.counters = AgiCounters()
+        self._metrics = metrics  # the latency histogram; the counters above are read at scrape
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[Any]] = set()
         self._drains: set[asyncio.Task[None]] = set()
@@ -151,6 +154,9 @@ class AgiServer:
         wanted = session_limit(channel) if session_limit is not None else None
         seconds = max(wanted or 0.0, self._session_timeout)
         await self._run_route(session, route, started + seconds, seconds)
+        if self._metrics is not None:  # a dialogue (promo line) apart: it waits on the caller
+            self._metrics.agi_session(channel.script, wanted is not None,
+                                      asyncio.get_running_loop().time() - started)
 
     async def _run_route(self, session: _Session, route: Route, deadline: float,
                          seconds: float) -> None:

@@ -98,6 +98,11 @@ class AmiConnection:
         """True between a successful login and the loss of that link."""
         return self._connected
 
+    @property
+    def events_dropped(self) -> int:
+        """Events the prefilter (`wanted`) dropped unparsed, over every link (metrics)."""
+        return self._manager.skipped if self._manager is not None else 0
+
     async def start(self) -> None:
         """Return at once; connecting (and retrying) goes on in a task."""
         if self._task is not None:
