@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(folder: Path, agi_port: int, numbers: int) -> Path:
+def write_config(folder: Path, agi_port: int, numbers: int,
+                 hook_port: int | None = None) -> Path:
+    """The bench's config; with `hook_port`, a webhook on all four events to a port where
+    nothing listens: every call queues a call_start the CRM refuses, retried meanwhile."""
     lines = [
         "ami: {host: 127.0.0.1, port: %d, username: bench, secret: bench}" % free_port(),
         f'agi: {{listen: "127.0.0.1:{agi_port}", max_sessions: 1024}}',
@@ -48,6 +52,8 @@ def write_config(folder: Path, agi_port: int, numbers: int) -> Path:
               for i in range(10)]
     lines.append("numbers:")
     lines += [f'  "+7495{i:07d}": {{channel: ch{i % 10}}}' for i in range(numbers)]
+    if hook_port is not None:
+        lines += ["hooks:", f'  crm: {{url: "http://127.0.0.1:{hook_port}/crm", secret: s}}']
     path = folder / "bench.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -185,6 +191,94 @@ def start_daemon(config: Path, port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
 
 
+async def alternate(ports: list[int], calls: int, numbers: int) -> list[list[float]]:
+    """One call at a time, taking turns between daemons (who goes first alternates too):
+    both see the same machine noise."""
+    latencies: list[list[float]] = [[] for _ in ports]
+    for i in range(calls):
+        order = list(enumerate(ports))
+        for n, port in (order if i % 2 == 0 else order[::-1]):
+            latencies[n].append(await fastagi_call(port, environment(40_000_000 + i, port,
+                                                                     numbers)))
+    return latencies
+
+
+def compare_metrics(calls: int, numbers: int) -> None:
+    """The `track` route one call at a time with and without the Prometheus endpoint
+    (docs/metrics.md): two daemons side by side, calls alternating, then one scrape."""
+    import urllib.request
+    folders = [Path(tempfile.mkdtemp(prefix="ctrackd-bench-")) for _ in range(2)]
+    ports, metrics_port = [free_port(), free_port()], free_port()
+    configs = [write_config(folder, port, numbers) for folder, port in zip(folders, ports)]
+    with configs[1].open("a", encoding="utf-8") as extra:
+        extra.write(f'metrics: {{listen: "127.0.0.1:{metrics_port}"}}\n')
+    daemons = [start_daemon(config, port) for config, port in zip(configs, ports)]
+    try:
+        asyncio.run(alternate(ports, 100, numbers))  # warm-up
+        without, with_metrics = asyncio.run(alternate(ports, calls, numbers))
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            text = response.read().decode()
+        scrape = time.perf_counter() - started
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+            daemon.wait(timeout=15)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    observed = next(line.split()[-1] for line in text.splitlines() if line.startswith(
+        'ctrackd_agi_session_seconds_count{route="track",session="plain"}'))
+    print("metrics: one call at a time, two daemons side by side, calls alternating:")
+    print(describe("FastAGI track, metrics off", without))
+    print(describe("FastAGI track, metrics on", with_metrics))
+    print(f"  p50 difference: {(percentile(with_metrics, 50) - percentile(without, 50)) * 1e6:+.0f}"
+          f" us; one scrape: {scrape * 1000:.1f} ms, {len(text)} bytes, histogram count"
+          f" {float(observed):.0f}")
+
+
+def compare_webhooks(calls: int, burst: int, concurrency: int, numbers: int) -> None:
+    """The `track` route without hooks and with a webhook whose receiver is down
+    (docs/hooks.md, "Cost on the call path"): two daemons side by side, one call at a
+    time alternating between them, then a burst of `concurrency` sessions on each in
+    turn. With the hook, each call's save also queues its call_start outbox row in the
+    same group-commit batch, and the dispatcher retries refused POSTs meanwhile."""
+    folders = [Path(tempfile.mkdtemp(prefix="ctrackd-bench-")) for _ in range(2)]
+    ports = [free_port(), free_port()]
+    configs = [write_config(folders[0], ports[0], numbers),
+               write_config(folders[1], ports[1], numbers, hook_port=free_port())]
+    for config in configs:  # each refused attempt logs a warning: a stderr pipe nobody
+        # reads would fill and stall that daemon, which is the bench's artefact, not ours
+        config.write_text(config.read_text(encoding="utf-8").replace(
+            "log: {level: warning", "log: {level: error"), encoding="utf-8")
+    daemons = [start_daemon(config, port) for config, port in zip(configs, ports)]
+    bursts: list[list[float]] = [[], []]
+    try:
+        asyncio.run(alternate(ports, 100, numbers))  # warm-up
+        plain, hooked = asyncio.run(alternate(ports, calls, numbers))
+        for round_ in range(4):  # bursts in turns, who goes first alternating
+            for n in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+                got, _ = asyncio.run(run_fastagi(ports[n], burst // 4, concurrency, numbers,
+                                                 50_000_000 + round_ * burst))
+                bursts[n] += got
+        conn = sqlite3.connect(folders[1] / "calls.sqlite3")
+        queued, tried = conn.execute("SELECT count(*), sum(attempts > 0) FROM outbox").fetchone()
+        conn.close()
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+            daemon.wait(timeout=15)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    print("webhooks: a hook on all events, its receiver down (connection refused);"
+          " two daemons side by side:")
+    print(describe("one at a time, no hooks", plain))
+    print(describe("one at a time, webhooks, receiver down", hooked))
+    print(f"  p50 difference: {(percentile(hooked, 50) - percentile(plain, 50)) * 1e6:+.0f} us")
+    print(describe(f"{concurrency} in flight, no hooks", bursts[0]))
+    print(describe(f"{concurrency} in flight, webhooks, down", bursts[1]))
+    print(f"  outbox: {queued} call_start rows queued, {tried} tried and refused meanwhile")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -196,7 +290,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", type=int, default=200,
                         help="calls one at a time, both paths")
     parser.add_argument("--numbers", type=int, default=50)
+    parser.add_argument("--metrics-calls", type=int, default=300,
+                        help="calls one at a time with and without metrics (0: skip)")
+    parser.add_argument("--only-metrics", action="store_true",
+                        help="run only the metrics comparison")
+    parser.add_argument("--webhook-calls", type=int, default=300,
+                        help="calls one at a time with and without a webhook (0: skip)")
+    parser.add_argument("--only-webhooks", action="store_true",
+                        help="run only the webhook comparison")
     args = parser.parse_args(argv)
+    if args.only_webhooks:
+        compare_webhooks(args.webhook_calls, args.calls, args.concurrency, args.numbers)
+        return 0
+    if args.only_metrics:
+        compare_metrics(args.metrics_calls, args.numbers)
+        return 0
     stdin_calls = args.calls if args.stdin_calls is None else args.stdin_calls
 
     folder = Path(tempfile.mkdtemp(prefix="ctrackd-bench-"))
@@ -231,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"goal p99 < 5 ms with {args.concurrency} concurrent sessions: "
           f"{'met' if goal else 'NOT met'}; goal >= 50x the stdin path: see the ratios")
     shutil.rmtree(folder, ignore_errors=True)
+    if args.metrics_calls:
+        compare_metrics(args.metrics_calls, args.numbers)
+    if args.webhook_calls:
+        compare_webhooks(args.webhook_calls, args.calls, args.concurrency, args.numbers)
     return 0
 
 

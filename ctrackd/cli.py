@@ -247,34 +247,35 @@ def _call_columns(full_numbers: bool) -> list[Column]:
 
 def report_arguments(p: argparse.ArgumentParser) -> None:
     _range_arguments(p)
-    p.add_argument("--by", choices=("channel", "day"), default="channel",
-                   help="one row per channel or per local calendar day (default: channel)")
+    from ctrackd.report_command import GROUPINGS, by_help
+    p.add_argument("--by", choices=tuple(GROUPINGS), default="channel",
+                   help="one row per group: " + by_help())
     _format_argument(p, "json: one array, the total last (is_total: true)")
+    _operator_groupings(p)
 
 
 def report_command(args: argparse.Namespace) -> int:
+    if args.by in ("operator", "operator-hour"):  # rows of phones, not calls: its own module
+        return _operators_report(args)
+    from ctrackd.report_command import ReportError, run_report  # docs/reports.md
     config = load_config(args.config)
     with _reading(config.store.path) as conn:
-        rows = queries.report(conn, since=args.since, until=args.until, by=args.by)
-    fields = (args.by, "calls", "answered", "missed", "target", "unique_callers", "answer_rate",
-              "avg_ring_seconds", "avg_talk_seconds", "is_total")
-    if args.format != "table":
-        _print(args.format, rows, [], fields)
-        return 0
-    for row in rows:  # None is a group of its own (calls with no channel)
-        row[args.by] = "TOTAL" if row["is_total"] else row[args.by] or "(none)"
-    columns = [
-        Column(args.by, args.by.upper(), min_width=8, max_width=24),
-        Column("calls", "CALLS", align=">"),
-        Column("answered", "ANSWERED", align=">"),
-        Column("missed", "MISSED", align=">"),
-        Column("target", "TARGET", align=">"),
-        Column("unique_callers", "UNIQUE", align=">"),
-        Column("answer_rate", "RATE", output.percent, ">"),
-        Column("avg_ring_seconds", "AVG RING", output.duration, ">"),
-        Column("avg_talk_seconds", "AVG TALK", output.duration, ">"),
-    ]
-    sys.stdout.write(output.render_table(rows[:-1], columns, width=_width(), footer=rows[-1:]))
+        try:
+            return run_report(args, config, conn, _width())
+        except ReportError as exc:
+            raise CliError(str(exc)) from None
+
+
+def _operator_groupings(p: argparse.ArgumentParser) -> None:
+    from ctrackd.operators_command import add_groupings
+    add_groupings(p)
+
+
+def _operators_report(args: argparse.Namespace) -> int:
+    from ctrackd.operators_command import run_operators
+    config = load_config(args.config)
+    with _reading(config.store.path) as conn:
+        run_operators(args, conn, _width())
     return 0
 
 
@@ -383,14 +384,31 @@ def _export_command(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
 
 
+# -- spend -------------------------------------------------------------------------
+
+def _spend_arguments(p: argparse.ArgumentParser) -> None:
+    from ctrackd.spend_command import spend_arguments
+    spend_arguments(p, _range_arguments, _format_argument)
+
+
+def _spend_command(args: argparse.Namespace) -> int:
+    from ctrackd.spend_command import SpendError, spend_command
+    try:
+        return spend_command(args, load_config(args.config), _width())
+    except SpendError as exc:
+        raise CliError(str(exc)) from None
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command("run the daemon (FastAGI + AMI), as systemd does", lambda p: None,
                    run_command),
     "check-config": Command("validate a config file and summarise it", lambda p: None,
                             check_config_command),
     "calls": Command("list calls, newest first", calls_arguments, calls_command),
-    "report": Command("calls, answered, missed, answer rate, ring and talk times per channel"
-                      " or per day", report_arguments, report_command),
+    "report": Command("calls, answered, missed, target calls, cost per call and per target"
+                      " call, revenue and ROI per channel, source, medium, campaign, keyword,"
+                      " day, hour or weekday (docs/reports.md)", report_arguments,
+                      report_command),
     "pools": Command("number pools: size, peak, utilisation, overflows, exact share and the"
                      " advised size (default: the last 7 days)", _pools_arguments,
                      pools_command),
@@ -403,12 +421,18 @@ COMMANDS: dict[str, Command] = {
     "hooks": Command("the hook outbox: pending, delivered and given-up deliveries;"
                      " `hooks retry ID...|--all-failed` sends given-up ones again",
                      _hooks_arguments, _hooks_command),
+    "webhooks": Command("the same as `hooks` (the webhook outbox, a summary line per hook"
+                        " first): `webhooks retry ID...|--all-failed`",
+                        _hooks_arguments, _hooks_command),
     "recordings": Command("recording retention: `recordings prune [--dry-run]` deletes the"
                           " oldest recordings past the limits", _recordings_arguments,
                           _recordings_command),
     "export": Command("offline conversions for Yandex Metrica, Google Ads (calls, clicks) and"
                       " GA4, in each system's documented format (docs/exports.md)",
                       _export_arguments, _export_command),
+    "spend": Command("ad spend for the report's cost columns: `spend import FILE` (a Yandex"
+                     " Direct / Google Ads cost report or CSV), `spend list`",
+                     _spend_arguments, _spend_command),
 }
 
 

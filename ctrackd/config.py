@@ -36,13 +36,16 @@ from ctrackd.configcalls import (
     HookConfig,
     PromoConfig,
     RetentionConfig,
+    SpendConfig,
     exports_section,
     hooks_section,
     promo_section,
     retention_section,
     sound,
+    spend_section,
     target_rule,
 )
+from ctrackd.configmetrics import MetricsConfig, metrics_section
 from ctrackd.configschema import DIAL, DIAL_EXPECTED, KEY, Node, Reader
 
 
@@ -118,6 +121,8 @@ class Config:
     targets: TargetRule = field(default_factory=TargetRule)  # the global target rule
     hooks: tuple[HookConfig, ...] = ()
     exports: ExportsConfig = field(default_factory=ExportsConfig)   # docs/exports.md
+    spend: SpendConfig = field(default_factory=SpendConfig)         # docs/reports.md
+    metrics: MetricsConfig | None = None   # the Prometheus endpoint, off unless set
 
     def static_plan(self) -> StaticPlan:
         return StaticPlan(channels=self.channels, numbers=self.numbers,
@@ -161,7 +166,7 @@ def load_config(path: str | Path) -> Config:
     return _build(reader, reader.mapping(root, "", {
         "ami", "agi", "store", "recordings", "phone_region", "defaults", "channels",
         "numbers", "log", "pools", "utm_rules", "web", "promo", "targets", "hooks",
-        "exports"},
+        "exports", "metrics", "spend"},
         required={"ami", "store", "defaults"}), source)
 
 
@@ -184,6 +189,8 @@ def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
         promo=promo_section(r, top.get("promo")), targets=targets,
         hooks=hooks_section(r, top.get("hooks")),
         exports=exports_section(r, top.get("exports"), channels),
+        spend=spend_section(r, top.get("spend"), channels),
+        metrics=metrics_section(r, top.get("metrics")),
     )
 
 

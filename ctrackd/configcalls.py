@@ -7,9 +7,11 @@ holds; the checks and error wording are the same (configschema.Reader).
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 
 import yaml
 
@@ -28,7 +30,9 @@ _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(B|[KMGT](?:i?B)?)$", re.IGNORECAS
 _SIZE_UNITS = {"B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 SIZE_EXPECTED = ("a size with its unit, such as 500M, 20G or 1T (B, K, M, G, T; powers of"
                  " 1024)")
-HOOK_EVENTS = ("missed",)
+#: what a hook can subscribe to, in the order a call makes them (docs/hooks.md);
+#: a hook without `events` gets them all: a CRM wants the whole life of a call
+HOOK_EVENTS = ("call_start", "call_answer", "call_end", "missed")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class HookConfig:
     """Where an event goes: a JSON POST to `url`, or a `command` with the JSON on stdin."""
 
     name: str
-    events: tuple[str, ...] = ("missed",)
+    events: tuple[str, ...] = HOOK_EVENTS
     url: str | None = None
     command: tuple[str, ...] | None = None
     secret: str | None = field(default=None, repr=False)  # HMAC-SHA256 of the body, if set
@@ -162,7 +166,7 @@ def hooks_section(r: Reader, node: Node | None) -> tuple[HookConfig, ...]:
         command = None
         if "command" in m:
             command = _argv(r, m["command"], f"{path}.command")
-        events = tuple(_list(r, m.get("events"), f"{path}.events", ["missed"]))
+        events = tuple(_list(r, m.get("events"), f"{path}.events", list(HOOK_EVENTS)))
         for event_node, event in zip(_nodes(m.get("events")), events):
             if event not in HOOK_EVENTS:
                 r.fail(event_node, f"{path}.events", "one of " + ", ".join(HOOK_EVENTS),
@@ -325,3 +329,99 @@ def _is_zone(name: str) -> bool:
     except (ZoneInfoNotFoundError, ValueError):
         return False
     return True
+
+
+# -- spend (docs/reports.md) ------------------------------------------------------
+
+#: the ad keys a spend row may carry, as the `spend` table names them
+SPEND_KEYS = ("channel", "source", "medium", "campaign", "term")
+SPEND_PERIODS = ("day", "week", "month")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An amount per period (or for a span of days), spread evenly over its days.
+
+    `per: month` gives each day of a month amount / days in that month, so a
+    monthly budget adds up to itself whatever the month's length; without
+    `per`, the amount is spread over `first`..`last` (a one-off: a week of
+    newspaper ads). Days are the report's local calendar days.
+    """
+
+    amount: float
+    per: str | None = None                       # day, week, month; None: first..last
+    first: date | None = None                    # inclusive; None: since ever
+    last: date | None = None                     # inclusive; None: for good
+    keys: tuple[tuple[str, str], ...] = ()       # ((key, value), ...) of SPEND_KEYS
+
+    def on(self, day: date) -> float:
+        """The amount this budget spends on `day` (0 outside its days)."""
+        if (self.first is not None and day < self.first) or (
+                self.last is not None and day > self.last):
+            return 0.0
+        if self.per == "day":
+            return self.amount
+        if self.per == "week":
+            return self.amount / 7
+        if self.per == "month":
+            return self.amount / calendar.monthrange(day.year, day.month)[1]
+        assert self.first is not None and self.last is not None
+        return self.amount / ((self.last - self.first).days + 1)
+
+
+@dataclass(frozen=True)
+class SpendConfig:
+    """`spend:`: the budgets of the config (imported spend lives in the store)."""
+
+    currency: str | None = None                  # of budgets and imports (None: exports.currency)
+    budgets: tuple[Budget, ...] = ()
+
+
+def spend_section(r: Reader, node: Node | None, channels: Iterable[str]) -> SpendConfig:
+    if node is None:
+        return SpendConfig()
+    m = r.mapping(node, "spend", {"currency", "budgets"})
+    currency = r.text(m.get("currency"), "spend.currency", default=None)
+    if currency is not None and not _CURRENCY.match(currency):
+        r.fail(m["currency"], "spend.currency", "a three-letter ISO 4217 code such as RUB",
+               repr(currency))
+    budgets = []
+    known = set(channels)
+    items = m.get("budgets")
+    if items is not None and not isinstance(items, yaml.SequenceNode):
+        r.fail(items, "spend.budgets", "a list of budgets ({channel, amount, per})",
+               r.describe(items))
+    for i, item in enumerate(_nodes(items)):
+        path = f"spend.budgets[{i}]"
+        b = r.mapping(item, path, {"amount", "per", "from", "until", *SPEND_KEYS},
+                      required={"amount"})
+        keys = tuple((key, r.text(b[key], f"{path}.{key}")) for key in SPEND_KEYS if key in b)
+        channel = dict(keys).get("channel")
+        if channel is not None and channel not in known:
+            r.fail(b["channel"], f"{path}.channel", "a channel key (" + (
+                ", ".join(sorted(known)) or "none defined") + ")", repr(channel))
+        per = r.choice_text(b.get("per"), f"{path}.per", set(SPEND_PERIODS), default="") or None
+        first, last = _date(r, b.get("from"), f"{path}.from"), _date(r, b.get("until"),
+                                                                     f"{path}.until")
+        if per is None and (first is None or last is None):
+            r.fail(item, path, "per (day, week or month), or both from and until (a one-off"
+                   " amount spread over those days)", "neither")
+        if first is not None and last is not None and last < first:
+            r.fail(b["until"], f"{path}.until", f"a day on or after from ({first})", str(last))
+        budgets.append(Budget(
+            amount=r.number(b["amount"], f"{path}.amount", default=0.0, low=0, high=1e12,
+                            unit="currency units"),
+            per=per, first=first, last=last, keys=keys))
+    return SpendConfig(currency=currency, budgets=tuple(budgets))
+
+
+def _date(r: Reader, node: Node | None, path: str) -> date | None:
+    if node is None:
+        return None
+    raw = r.text(node, path)
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+            return date.fromisoformat(raw)
+    except ValueError:
+        pass
+    r.fail(node, path, "an ISO date such as 2026-11-01", repr(raw))

@@ -35,19 +35,24 @@ from ctrackd.ami.translate import wanted
 from ctrackd.attribution.dynamic import DynamicPlan
 from ctrackd.attribution.plan import StaticPlan
 from ctrackd.attribution.events import CallAttributed, OperatorCodeKeyed, OutboundAnswered
+from ctrackd.attribution.legs import LegRecord
 from ctrackd.attribution.operator_codes import OperatorCodes
 from ctrackd.attribution.records import Attribution, CallProgress
 from ctrackd.attribution.tracker import CallTracker
 from ctrackd.config import Config, ConfigError, load_config
 from ctrackd.configcalls import HookConfig
 from ctrackd.hooks.dispatcher import Dispatcher
+from ctrackd.hooks.outbox import UPSERT as UPSERT_OUTBOX
 from ctrackd.hooks.outbox import enqueue as enqueue_hook
+from ctrackd.hooks.outbox import start_rows
 from ctrackd.logs import configure_logging, mask_number
+from ctrackd.metrics import Metrics, MetricsServer
 from ctrackd.retention_task import RetentionTask
 from ctrackd.store import queries
 from ctrackd.store.database import Store
 from ctrackd.store.schema import StoreError
 from ctrackd.store.outbound import UPSERT_OUTBOUND, outbound_rows
+from ctrackd.store.legs import UPSERT_LEGS, leg_rows, load_open_legs
 from ctrackd.store.promo import UPSERT_PROMO, promo_params, read_attribution
 from ctrackd.store.sessions import UPSERT_SESSION, load_sessions, purge_sessions, session_rows
 from ctrackd.store.judge import Judged, JudgeWorker
@@ -57,7 +62,9 @@ from ctrackd.web.server import WebServer
 log = structlog.get_logger("ctrackd")
 
 #: settings a reload cannot change in a running daemon (they need a restart)
-_RESTART_ONLY = ("ami", "agi", "store", "web")
+_RESTART_ONLY = ("ami", "agi", "store", "web", "metrics")
+#: seconds the call_start hook rows of new calls wait, gathered, before one write
+START_DELAY = 0.05
 #: seconds between pool housekeeping rounds (expiry, usage written to the store)
 POOL_TICK = 60.0
 #: seconds between writes of changed visitor sessions (what a crash can lose; docs/promo.md)
@@ -123,6 +130,17 @@ class Daemon:
         self.web_address: tuple[str, int] | None = None
         self.retention: RetentionTask | None = None
         self.hooks: Dispatcher | None = None
+        # One registry per daemon (tests run several in one process); None: metrics off.
+        self.metrics: Metrics | None = None if config.metrics is None else Metrics(
+            channels=lambda: self.config.channels,
+            hooks=lambda: [h.name for h in self.config.hooks])
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # call_start rows being written
+        self._starts: list[Attribution] = []  # calls whose call_start rows wait (START_DELAY)
+        self._answered: set[str] = set()  # open calls whose call_answer hook is queued
+        self._background: set[asyncio.Task[None]] = set()  # call_start rows being written
+        self._starts: list[Attribution] = []  # calls whose call_start rows wait (START_DELAY)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -134,7 +152,8 @@ class Daemon:
                                    operator_prefix=cfg.promo.operator_prefix,
                                    code_length=cfg.promo.length)
         open_calls = await self.store.open_calls()
-        self.tracker.restore(open_calls)
+        # with their legs still ringing or talking: their DialEnd and hang-up count
+        self.tracker.restore(open_calls, await asyncio.to_thread(load_open_legs, cfg.store.path))
         if self.dynamic is not None:  # before the web and AGI sides ask about them
             await self._restore_sessions()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -150,16 +169,18 @@ class Daemon:
                                  enqueue=self._hook_enqueuer, after=self._judged)
         self.consumer = AmiConsumer(
             queue=queue, tracker=self.tracker, save_progress=self._save_progress,
-            request_snapshot=self._request_snapshot, on_call_finished=_log_call_finished,
-            save_outbound=self._save_outbound, on_operator_code=self._on_operator_code)
+            request_snapshot=self._request_snapshot, on_call_finished=self._call_finished,
+            save_outbound=self._save_outbound, on_operator_code=self._on_operator_code,
+            save_legs=self._save_legs)
         track = TrackRoute(plan=lambda: self._plan, save=self._saver(queue),
                            dynamic=lambda: self.dynamic, clock=self.clock,
                            promo=lambda: self.config.promo)
         self.agi = AgiServer(build_routes(track), host=cfg.agi.host, port=cfg.agi.port,
                              max_sessions=cfg.agi.max_sessions,
                              session_timeout=cfg.agi.session_timeout,
-                             env_timeout=cfg.agi.env_timeout)
+                             env_timeout=cfg.agi.env_timeout, metrics=self.metrics)
         self.agi_address = await self.agi.start()
+        await self._start_metrics()
         if cfg.web is not None:
             self.web = WebServer(cfg.web, lambda: self.dynamic, clock=self.clock)
             self.web_address = await self.web.start()
@@ -192,6 +213,8 @@ class Daemon:
     async def stop(self) -> None:
         self._stopping.set()  # from here on, tasks ending is expected, not fatal
         started = time.monotonic()
+        if self.metrics_server is not None:  # first: a scrape reads the parts stopped below
+            await self.metrics_server.stop()
         if self.web is not None:
             await self.web.stop()
         cancelled = await self.agi.stop(self._stop_grace) if self.agi else 0
@@ -204,6 +227,9 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.consumer is not None:
             await self.consumer.drain()
+        if self._background:  # call_start rows of the last calls, before the store closes
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._write_starts()
         try:
             if self.judge is not None:  # what the drain just saved as ended, and any cut batch
                 await self.judge.drain()
@@ -279,9 +305,47 @@ class Daemon:
             try:
                 await store.save_attribution(attribution)
             finally:
+                if self.metrics is not None:  # the AMI side, where it ends, has no channel
+                    self.metrics.call_attributed(attribution.call_id, attribution.channel)
                 queue.put_nowait(CallAttributed(ts=attribution.started_at,
                                                 call_id=attribution.call_id))
+            if self.config.hooks:
+                self._queue_start(attribution)
         return save
+
+    def _queue_start(self, attribution: Attribution) -> None:
+        """Queue the `call_start` hook rows of a call, written START_DELAY s later in one batch.
+
+        Not in the AGI answer's commit, nor right after it: built and written
+        while the session is still open, they cost each lone call 0.4-0.5 ms
+        of post-dial delay (bench/agi_latency.py --only-webhooks); gathered
+        and written a moment later they cost it nothing measurable, and many
+        calls share one write. Nothing is lost if we crash before the write:
+        judging the ended call queues a missing `call_start`
+        (judge.enqueue_lifecycle). stop() writes what is still waiting.
+        """
+        self._starts.append(attribution)
+        if len(self._starts) == 1:
+            asyncio.get_running_loop().call_later(START_DELAY, self._write_starts_soon)
+
+    def _write_starts_soon(self) -> None:
+        task = asyncio.create_task(self._write_starts(), name="hook-starts")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_starts(self) -> None:
+        starts, self._starts = self._starts, []
+        if not starts or self.store is None:
+            return
+        try:
+            now = time.time()
+            rows = [row for a in starts for row in start_rows(self.config.hooks, a, now)]
+            if rows:
+                await self.store.write(UPSERT_OUTBOX, rows)
+                self.nudge_hooks()
+        except Exception as exc:  # noqa: BLE001 - the judge step queues them later
+            log.error("hook_start_not_queued", calls=[a.call_id for a in starts][:20],
+                      error=repr(exc))
 
     async def _pool_housekeeping(self) -> None:
         """Expire idle sessions (memory stays bounded at night) and persist pool usage."""
@@ -307,7 +371,11 @@ class Daemon:
         except (sqlite3.Error, StoreError) as exc:
             log.error("web_sessions_restore_failed", error=repr(exc))
             return
-        restored = plan.restore(saved, now)
+        try:
+            restored = plan.restore(saved, now)
+        except Exception as exc:  # noqa: BLE001 - a bad row must not keep the daemon down
+            log.error("web_sessions_restore_failed", error=repr(exc))
+            return
         log.info("web_sessions_restored", sessions=restored, live=len(plan.sessions),
                  codes=len(plan.promo) if plan.promo is not None else 0)
 
@@ -371,6 +439,12 @@ class Daemon:
         assert self.store is not None and self.judge is not None
         await self.store.save_progress(records)
         self.judge.submit(p.call_id for p in records if p.ended_at is not None)
+        if self.config.hooks:  # call_answer once per call (the outbox ignores a repeat)
+            answered = [p.call_id for p in records
+                        if p.answered_at is not None and p.call_id not in self._answered]
+            self._answered.update(answered)
+            self._answered.difference_update(p.call_id for p in records if p.ended_at)
+            self.judge.submit_answered(answered)
 
     def _hook_enqueuer(self) -> Callable[..., int] | None:
         """The outbox's enqueue with the configured hooks bound (None: no hooks, no payloads)."""
@@ -395,8 +469,38 @@ class Daemon:
         self.hooks = Dispatcher(
             lambda: queries.connect(cfg.store.path, readonly=False,
                                     synchronous=cfg.store.synchronous),
-            cfg.hooks if hooks is None else hooks)
+            cfg.hooks if hooks is None else hooks, metrics=self.metrics)
         self._watch(self.hooks.start(), owned=False)  # stopped by stop(), with a grace
+
+    async def _save_legs(self, legs: list[LegRecord]) -> None:
+        """The dialled legs of tracked calls, for the operators report (store/legs.py)."""
+        assert self.store is not None
+        await self.store.write(UPSERT_LEGS, leg_rows(legs))
+
+    def _call_finished(self, progress: CallProgress) -> None:
+        _log_call_finished(progress)
+        if self.metrics is not None:
+            self.metrics.call_ended(progress.call_id, progress.status.value)
+
+    async def _start_metrics(self) -> None:
+        """The Prometheus endpoint (docs/metrics.md): what it reads, then its listener."""
+        cfg, metrics = self.config.metrics, self.metrics
+        if cfg is None or metrics is None:
+            return
+        assert self.agi is not None and self.ami is not None
+        metrics.watch_agi(self.agi)
+        metrics.watch_ami(self.ami)
+        metrics.watch_pools(lambda: self.dynamic.pools if self.dynamic is not None else {})
+        metrics.watch_outbox(self._outbox_counts)
+        if not cfg.loopback:
+            log.warning("metrics_not_on_loopback", host=cfg.host, port=cfg.port,
+                        hint="firewall it to the Prometheus host or put auth in front")
+        self.metrics_server = MetricsServer(metrics, host=cfg.host, port=cfg.port)
+        self.metrics_address = await self.metrics_server.start()
+
+    async def _outbox_counts(self) -> dict[str, int]:
+        """Pending deliveries per hook, on the dispatcher's thread (none: no hooks)."""
+        return await self.hooks.pending_counts() if self.hooks is not None else {}
 
     async def _save_outbound(self, calls: list[OutboundAnswered]) -> None:
         """Answered outbound calls: they take their number off the callback list."""

@@ -53,6 +53,12 @@ def hooks_command(args: argparse.Namespace) -> int:
                                   limit=args.limit or None)
         configured = {h.name for h in config.hooks}
         orphans = [h for h in outbox.pending_hooks(conn) if h not in configured]
+        now = time.time()
+        summary = outbox.summary(conn, now, hooks=[h.name for h in config.hooks])
+    # On stderr: the rows on stdout stay one JSON array or one CSV table for scripts.
+    for item in summary:
+        if args.hook is None or item["hook"] == args.hook:
+            print(summary_line(item, now), file=sys.stderr)
     if orphans:
         print(f"ctrackd: note: pending deliveries for hooks not in {args.config}:"
               f" {', '.join(orphans)} (they wait until the hook is configured again)",
@@ -68,6 +74,23 @@ def hooks_command(args: argparse.Namespace) -> int:
                 row["last_error"] = None
     cli._print(args.format, rows, COLUMNS, outbox.FIELDS)
     return 0
+
+
+def summary_line(item: dict[str, Any], now: float) -> str:
+    """`crm: 3 pending (oldest 2 h), 41 delivered in the last hour, 0 failed`: what an
+    admin asks first when a CRM says it is missing calls."""
+    oldest = item["oldest_pending_at"]
+    age = f" (oldest {_age(now - oldest)})" if oldest is not None else ""
+    return (f"{item['hook']}: {item['pending']} pending{age}, {item['delivered_last_hour']}"
+            f" delivered in the last hour, {item['failed']} failed")
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size, limit in (("s", 1, 90), ("min", 60, 90 * 60), ("h", 3600, 48 * 3600)):
+        if seconds < limit:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds / 86400:.0f} days"
 
 
 COLUMNS = [

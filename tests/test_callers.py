@@ -42,7 +42,7 @@ numbers:
   "+74950000001": {channel: google-ads}
   "+74950000003": {channel: avito}
 hooks:
-  crm: {url: "http://127.0.0.1:9/missed"}
+  crm: {url: "http://127.0.0.1:9/missed", events: [missed]}
 """
 
 
@@ -478,7 +478,7 @@ def test_caller_errors_are_sentences(capsys: pytest.CaptureFixture[str], history
 def test_the_fallback_hangup_handler_judges_the_call(tmp_path: Path) -> None:
     store = tmp_path / "state" / "calls.sqlite3"
     path = tmp_path / "ctrackd.yaml"
-    path.write_text(AGI_CONFIG.format(store=store) + "hooks:\n  crm: {url: \"http://h/x\"}\n",
+    path.write_text(AGI_CONFIG.format(store=store) + "hooks:\n  crm: {url: \"http://h/x\", events: [missed]}\n",
                     encoding="utf-8")
     config = load_config(path)
     save(config, "earlier", ago=HOUR, status=CallStatus.BUSY)  # the same caller, an hour ago

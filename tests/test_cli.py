@@ -112,8 +112,9 @@ def test_check_config_reads_back_what_acts_on_its_own(
     assert code == 0
     assert out.splitlines()[1:] == [
         "  target calls: answered, talk >= 60 s, first call in 30 days",
-        "  hook crm: missed -> https://crm.example.com/h (signed)",
-        "  hook notify: missed -> /usr/local/bin/notify"]
+        "  hook crm: call_start, call_answer, call_end, missed -> https://crm.example.com/h"
+        " (signed)",
+        "  hook notify: call_start, call_answer, call_end, missed -> /usr/local/bin/notify"]
 
 
 def test_check_config_error_names_the_line(capsys: pytest.CaptureFixture[str],

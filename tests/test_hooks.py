@@ -307,6 +307,33 @@ async def test_port_closed_then_listening(store: Path, dispatchers: list[Dispatc
         await late.stop()
 
 
+async def test_a_failing_receiver_is_held_not_hammered(store: Path,
+                                                       dispatchers: list[Dispatcher]) -> None:
+    """Events of 30 calls due at once, the CRM down: a few attempts probe it, the
+    rest wait (held), and once it is up every event goes."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hooks = [HookConfig("crm", url=f"http://127.0.0.1:{port}/hook", max_attempts=1000,
+                        max_delay=0.4)]
+    for n in range(30):
+        add(store, hooks, f"held.{n}")
+    dispatcher = run(dispatchers, store, hooks, base_delay=0.2, concurrency=2)
+    await asyncio.sleep(1.0)
+    tried = sum(r["attempts"] for r in rows(store))
+    # Without the hold each of the 30 rows is tried at once and again after its
+    # own 0.1-0.2 s backoff: 60 and more in a second.
+    assert 1 <= tried <= 12, tried
+    assert dispatcher.failed_attempts == tried
+    late = Receiver()
+    await late.start(port)
+    try:
+        await wait_for(lambda: settled(store), timeout=15)
+        assert sorted(late.delivered_ids()) == sorted(r["delivery_id"] for r in rows(store))
+    finally:
+        await late.stop()
+
+
 async def test_redirects_only_on_the_same_host(store: Path, receiver: Receiver,
                                                dispatchers: list[Dispatcher]) -> None:
     def answer(n: int, request: web.Request) -> web.Response:
@@ -495,7 +522,7 @@ channels:
 numbers:
   "74950000001": {{channel: google}}
 hooks:
-  crm: {{url: "{url}", secret: {secret}, timeout: 60}}
+  crm: {{url: "{url}", secret: {secret}, timeout: 60, events: [missed]}}
 """
 
 
@@ -665,12 +692,13 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
 def test_the_documented_payload_has_the_fields_a_real_one_has(store: Path) -> None:
     """The example in docs/hooks.md is a real missed event, field for field."""
     text = DOCS.read_text(encoding="utf-8")
-    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    [example] = [e for e in (json.loads(part.split("```", 1)[0])
+                             for part in text.split("```json\n")[1:]) if e["event"] == "missed"]
     conn = connect(store)
     try:
         started = NOW - 100
         queries.save_progress(conn, [_missed_call("doc.1", started)])
-        hooks = [HookConfig("crm", url="http://127.0.0.1:9/a")]
+        hooks = [HookConfig("crm", url="http://127.0.0.1:9/a", events=("missed",))]
         judge_calls(conn, ["doc.1"], rules=lambda channel: ("default", TargetRule()), now=NOW,
                     enqueue=lambda c, e, cid, p, n: outbox.enqueue(c, hooks, e, cid, p, n))
     finally:

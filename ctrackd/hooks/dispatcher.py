@@ -37,10 +37,12 @@ from typing import Any, TypeVar
 import aiohttp
 import structlog
 
+from ctrackd.aio import wait_event
 from ctrackd.configcalls import HookConfig
 from ctrackd.hooks import outbox
 from ctrackd.hooks.outbox import Delivery
 from ctrackd.hooks.senders import Failure, post_json, run_command
+from ctrackd.metrics import Metrics
 
 log = structlog.get_logger("ctrackd.hooks")
 
@@ -61,8 +63,10 @@ class Dispatcher:
     def __init__(self, connect: Callable[[], sqlite3.Connection], hooks: Sequence[HookConfig],
                  *, poll_interval: float = 5.0, concurrency: int = 8, base_delay: float = 10.0,
                  clock: Callable[[], float] = time.time,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 metrics: Metrics | None = None) -> None:
         self._connect = connect
+        self._metrics = metrics
         self._hooks = {h.name: h for h in hooks}
         self._poll = poll_interval
         self._concurrency = concurrency
@@ -79,6 +83,10 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0  # counters for tests and a future status line
         self.failed_attempts = 0
+        # Per hook, while its receiver keeps failing: no new claims until then
+        # (see _hold); the failures in a row give the hold's backoff.
+        self._held_until: dict[str, float] = {}
+        self._failures_in_row: dict[str, int] = {}
 
     @property
     def task(self) -> asyncio.Task[None]:
@@ -146,19 +154,20 @@ class Dispatcher:
             except sqlite3.Error as exc:  # locked for long, disk trouble: try again later
                 log.error("hook_outbox_unreadable", error=repr(exc))
             if not self._closing:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, wait)
 
     async def _claim_and_start(self) -> float:
         """Start the due deliveries there is room for; return seconds until the next look."""
-        hooks = dict(self._hooks)
+        now = self._clock()
+        held = [until for name, until in self._held_until.items()
+                if until > now and name in self._hooks]
+        hooks = {name: h for name, h in self._hooks.items()
+                 if self._held_until.get(name, 0.0) <= now}
         free = self._concurrency - len(self._inflight)
-        if not hooks or free <= 0:
-            return self._poll  # a finishing attempt wakes us
+        if not hooks or free <= 0:  # a finishing attempt or a hold's end wakes us
+            return min([self._poll, *(until - now for until in held)])
         lease = max(h.timeout for h in hooks.values()) + LEASE_MARGIN
-        claimed, due = await self._db(_round, tuple(hooks), self._clock(), lease, free)
+        claimed, due = await self._db(_round, tuple(hooks), now, lease, free)
         busy = {d.id for d in self._inflight.values()}
         for delivery in claimed:
             hook = hooks.get(delivery.hook)
@@ -168,9 +177,10 @@ class Dispatcher:
                                        name=f"hook-{delivery.hook}-{delivery.id}")
             self._inflight[task] = delivery
             task.add_done_callback(self._finished)
+        wait = min([self._poll, *(until - now for until in held)])
         if len(self._inflight) >= self._concurrency or due is None:
-            return self._poll
-        return min(self._poll, max(0.0, due - self._clock()))
+            return wait
+        return min(wait, max(0.0, due - self._clock()))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
@@ -195,9 +205,12 @@ class Dispatcher:
             failure = Failure(f"internal error: {type(exc).__name__}", repr(exc))
         now = self._clock()
         try:
+            self._hold(hook.name, failed=failure is not None, now=now)
             if failure is None:
                 await self._db(outbox.mark_delivered, delivery.id, now)
                 self.delivered += 1
+                if self._metrics is not None:
+                    self._metrics.hook_attempt(hook.name, "delivered")
                 log.info("hook_delivered", **context)
                 return
             self.failed_attempts += 1
@@ -208,11 +221,38 @@ class Dispatcher:
         except sqlite3.Error as exc:  # the row comes back after its lease: sent again
             log.error("hook_mark_failed", error=repr(exc), **context)
             return
+        if self._metrics is not None:
+            self._metrics.hook_attempt(hook.name, "gave_up" if gave_up else "failed")
         if gave_up:
             log.error("hook_gave_up", error=failure.summary, **context)
         else:
             log.warning("hook_attempt_failed", error=failure.summary,
                         retry_in=round(delay, 3), **context)
+
+    def _hold(self, hook: str, *, failed: bool, now: float) -> None:
+        """A receiver that fails is left alone for a while, as a whole.
+
+        Each row has its own backoff, but new events (a `call_start` per
+        call) are due at once: without a hold, a CRM that is down would cost
+        an attempt, two writes and a log line per call, all competing with
+        the call path for the CPU and SQLite's write lock. While held, the
+        hook's rows wait (nothing is lost); the first attempt after the hold
+        is the probe, and a success ends the hold.
+        """
+        if not failed:
+            self._failures_in_row.pop(hook, None)
+            self._held_until.pop(hook, None)
+            return
+        count = self._failures_in_row.get(hook, 0) + 1
+        self._failures_in_row[hook] = count
+        max_delay = self._hooks[hook].max_delay if hook in self._hooks else 3600.0
+        self._held_until[hook] = now + outbox.retry_delay(
+            count, base=min(self._base_delay, 5.0), max_delay=min(max_delay, 300.0),
+            rand=self._rand)
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Pending deliveries per hook (the metrics' outbox depth), on our thread."""
+        return await self._db(_pending_counts)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(conn, *args)` on the dispatcher's thread and connection."""
@@ -238,6 +278,14 @@ def _round(conn: sqlite3.Connection, hooks: tuple[str, ...], now: float, lease: 
     """One thread hop: claim what is due, and learn when the next row will be."""
     claimed = outbox.claim_due(conn, hooks, now, lease=lease, limit=limit)
     return claimed, outbox.next_due(conn, hooks)
+
+
+def _pending_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """A COUNT over the partial index `outbox_due`: it holds the pending rows only,
+    so a scrape costs the backlog's size, never the table's."""
+    rows = conn.execute("SELECT hook, count(*) FROM outbox INDEXED BY outbox_due"
+                        " WHERE delivered_at IS NULL AND gave_up_at IS NULL GROUP BY hook")
+    return {hook: count for hook, count in rows}
 
 
 def _close(conn: sqlite3.Connection | None, *_: Any) -> None:

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ctrackd.attribution.records import Attribution
 from ctrackd.configcalls import HookConfig
+from ctrackd.hooks import events
 
 STATUSES = ("pending", "delivered", "failed")
 #: how much of an error text a row keeps (a receiver's body, a script's stderr)
@@ -35,11 +37,22 @@ MAX_ERROR_CHARS = 500
 _STATUS_SQL = ("CASE WHEN delivered_at IS NOT NULL THEN 'delivered'"
                " WHEN gave_up_at IS NOT NULL THEN 'failed' ELSE 'pending' END")
 _PENDING = "delivered_at IS NULL AND gave_up_at IS NULL"
+_EVENT_RANK = ("CASE event " + " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(events.ORDER))
+               + f" ELSE {len(events.ORDER)} END")
 
 _INSERT = """
 INSERT OR IGNORE INTO outbox (delivery_id, event, hook, call_id, payload, created_at,
                               attempts, next_attempt_at)
 VALUES (:delivery_id, :event, :hook, :call_id, :payload, :created_at, 0, :created_at)
+"""
+#: the same row as an upsert of the shape the daemon's group-commit writer takes
+#: (`Store.write(UPSERT, rows(...))`): the AGI route's `call_start` rides in the
+#: batch that commits the call's record, and costs that save no commit of its own
+UPSERT = """
+INSERT INTO outbox (delivery_id, event, hook, call_id, payload, created_at, attempts,
+                    next_attempt_at)
+VALUES (:delivery_id, :event, :hook, :call_id, :payload, :created_at, 0, :created_at)
+ON CONFLICT (delivery_id) DO NOTHING
 """
 
 FIELDS = ("id", "delivery_id", "event", "hook", "call_id", "status", "created_at", "attempts",
@@ -94,25 +107,47 @@ def enqueue(conn: sqlite3.Connection, hooks: Sequence[HookConfig], event: str,
     Raises TypeError/ValueError, before writing anything, when the payload
     is not JSON.
     """
-    rows = []
+    added = 0
+    for row in rows(hooks, event, call_id, payload, now):
+        added += conn.execute(_INSERT, row).rowcount
+    return added
+
+
+def rows(hooks: Sequence[HookConfig], event: str, call_id: str | None,
+         payload: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+    """The outbox rows of one event (`UPSERT`'s or enqueue's parameters), one per hook
+    subscribed to it. The call events' `data` is `events.view(event, payload)`: the
+    call as it was at that moment, however late the row is written."""
+    data = None
+    out = []
     for hook in hooks:
         if event not in hook.events:
             continue
+        if data is None:  # no subscriber, no JSON built
+            data = events.view(event, payload)
         ident = delivery_id(event, call_id, hook.name)
-        rows.append({"delivery_id": ident, "event": event, "hook": hook.name,
-                     "call_id": call_id, "payload": body(event, ident, call_id, payload, now),
-                     "created_at": now})
-    added = 0
-    for row in rows:
-        added += conn.execute(_INSERT, row).rowcount
-    return added
+        out.append({"delivery_id": ident, "event": event, "hook": hook.name,
+                    "call_id": call_id, "payload": body(event, ident, call_id, data, now),
+                    "created_at": now})
+    return out
+
+
+def start_rows(hooks: Sequence[HookConfig], attribution: Attribution,
+               now: float) -> list[dict[str, Any]]:
+    """`call_start` rows for a call the AGI route is saving (`UPSERT`'s parameters)."""
+    if not any(events.CALL_START in h.events for h in hooks):
+        return []
+    call = events.call_of(attribution, iso=iso_utc)
+    return rows(hooks, events.CALL_START, attribution.call_id, call, now)
 
 
 def claim_due(conn: sqlite3.Connection, hooks: Sequence[str], now: float, *, lease: float,
               limit: int) -> list[Delivery]:
     """Take up to `limit` due rows of these hooks, oldest due first, and count the attempt.
 
-    One UPDATE ... RETURNING, atomic on its own: the claimed rows become due
+    A read, then one UPDATE ... RETURNING of those rows that are still due (one
+    dispatcher claims from a store; `hooks retry` may touch rows meanwhile, and
+    the re-check keeps that safe): the claimed rows become due
     again only after `lease` seconds (longer than any attempt may take), so
     a claim that a crash interrupted is retried then, and never twice at once.
     Rows of a hook no longer configured stay pending, untouched.
@@ -120,25 +155,47 @@ def claim_due(conn: sqlite3.Connection, hooks: Sequence[str], now: float, *, lea
     if not hooks or limit <= 0:
         return []
     marks = ", ".join("?" for _ in hooks)
-    rows = conn.execute(
+    # Only the first pending row of each (hook, call) may go: a call's events reach a
+    # hook one after the other, in their natural order (events.ORDER, then id), even
+    # when retries with jitter would have sent an end before its start. A row claimed
+    # and under way is still pending, so the next waits for its outcome; a given-up
+    # row no longer holds the others back. Rows without a call are each their own.
+    # The choice is a plain read (WAL: it holds no lock), the claim an UPDATE by primary
+    # key that re-checks the row: the daemon's store writer (the AGI route's saves)
+    # never waits for SQLite's write lock while a long backlog is sorted.
+    ids = [r[0] for r in conn.execute(
+        f"SELECT id FROM ({_heads(marks)}) WHERE next_attempt_at <= ?"
+        f" ORDER BY next_attempt_at, id LIMIT ?", [*hooks, now, limit])]
+    if not ids:
+        return []
+    found = conn.execute(
         f"UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?"
-        f" WHERE id IN (SELECT id FROM outbox WHERE {_PENDING} AND next_attempt_at <= ?"
-        f" AND hook IN ({marks}) ORDER BY next_attempt_at, id LIMIT ?)"
+        f" WHERE id IN ({', '.join('?' for _ in ids)}) AND {_PENDING} AND next_attempt_at <= ?"
         f" RETURNING id, delivery_id, event, hook, call_id, payload, attempts",
-        [now + lease, now, *hooks, limit]).fetchall()
+        [now + lease, *ids, now]).fetchall()
     claimed = [Delivery(id=r[0], delivery_id=r[1], event=r[2], hook=r[3], call_id=r[4],
-                        body=r[5].encode("utf-8"), attempts=r[6]) for r in rows]
+                        body=r[5].encode("utf-8"), attempts=r[6]) for r in found]
     return sorted(claimed, key=lambda d: d.id)
 
 
 def next_due(conn: sqlite3.Connection, hooks: Sequence[str]) -> float | None:
-    """When the next pending row of these hooks is due (None: nothing pending)."""
+    """When the next pending row of these hooks that may go is due (None: none)."""
     if not hooks:
         return None
     marks = ", ".join("?" for _ in hooks)
-    row = conn.execute(f"SELECT min(next_attempt_at) FROM outbox WHERE {_PENDING}"
-                       f" AND hook IN ({marks})", list(hooks)).fetchone()
+    # of the rows claim_due may take: one held back behind its call's earlier event
+    # is "due" by its time, but waking for it would only spin
+    row = conn.execute(f"SELECT min(next_attempt_at) FROM ({_heads(marks)})",
+                       list(hooks)).fetchone()
     return row[0]
+
+
+def _heads(marks: str) -> str:
+    """The pending rows that may go now or at their time: each (hook, call)'s first
+    (id, next_attempt_at), for `hook IN (marks)`."""
+    return (f"SELECT id, next_attempt_at FROM (SELECT id, next_attempt_at, row_number()"
+            f" OVER (PARTITION BY hook, COALESCE(call_id, id) ORDER BY {_EVENT_RANK}, id)"
+            f" AS place FROM outbox WHERE {_PENDING} AND hook IN ({marks})) WHERE place = 1")
 
 
 def pending_hooks(conn: sqlite3.Connection) -> list[str]:
@@ -234,6 +291,21 @@ def list_outbox(conn: sqlite3.Connection, *, status: str | None = None,
             item[key] = iso_utc(item[key])
         out.append(item)
     return out
+
+
+def summary(conn: sqlite3.Connection, now: float,
+            hooks: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Per hook: pending rows, when the oldest pending one was queued (epoch), rows
+    delivered in the last hour, given-up rows. Every hook in `hooks` (the configured
+    ones) has a line, even with no rows; hooks with rows but no longer configured too."""
+    found = {r[0]: r for r in conn.execute(
+        f"SELECT hook, sum({_PENDING}), min(CASE WHEN {_PENDING} THEN created_at END),"
+        f" sum(delivered_at >= ?), sum(gave_up_at IS NOT NULL AND delivered_at IS NULL)"
+        f" FROM outbox GROUP BY hook", (now - 3600,))}
+    return [{"hook": name, "pending": int(r[1] or 0), "oldest_pending_at": r[2],
+             "delivered_last_hour": int(r[3] or 0), "failed": int(r[4] or 0)}
+            for name in [*hooks, *sorted(set(found) - set(hooks))]
+            for r in [found.get(name, (name, 0, None, 0, 0))]]
 
 
 def iso_utc(ts: float | None) -> str | None:

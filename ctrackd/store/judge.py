@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from ctrackd.aio import wait_event
 from ctrackd.attribution.plan import TargetRule
 from ctrackd.attribution.records import MISSED_STATUSES, CallStatus
 from ctrackd.attribution.targets import Verdict, judge_call
@@ -115,11 +116,54 @@ def _judge_chunk(conn: sqlite3.Connection, ids: list[str], rules: Rules, now: fl
         if caller is not None:
             fixed = _rejudge_next(conn, rules, caller, row[5], call_id)
             judged, targets = judged + fixed[0], targets + fixed[1]
+        if enqueue is not None:
+            hooks += enqueue_lifecycle(conn, call_id, now, enqueue)
         if (enqueue is not None and status in MISSED_STATUSES
                 and not _got_through(conn, caller, row[5])):
             hooks += enqueue(conn, "missed", call_id, missed_payload(conn, call_id, caller,
                                                                      now), now)
     return Judged(judged, targets, hooks)
+
+
+def enqueue_lifecycle(conn: sqlite3.Connection, call_id: str, now: float,
+                      enqueue: EnqueueHook) -> int:
+    """`call_end` for a judged call, after the `call_start` and `call_answer` it should
+    have had: those are queued live (the AGI route's save, the answer), and added here
+    only if missing (the outbox ignores a delivery it has), so a call recorded by
+    ctrackd-agi, or an answer lost to a crash, still reaches the hooks whole.
+    Each event's `data` is cut to its moment by the hooks' enqueue (events.view)."""
+    call = call_payload(conn, call_id)
+    if call is None:
+        return 0
+    added = enqueue(conn, "call_start", call_id, call, now)
+    if call["answered_at"] is not None:
+        added += enqueue(conn, "call_answer", call_id, call, now)
+    return added + enqueue(conn, "call_end", call_id, call, now)
+
+
+def enqueue_answered(conn: sqlite3.Connection, call_ids: Iterable[str], now: float,
+                     enqueue: EnqueueHook) -> int:
+    """`call_answer` for calls just saved as answered (the daemon's answer path), in
+    one transaction; the row as it is now is what `ctrackd calls` shows at the answer."""
+    added = 0
+    with queries.transaction(conn):
+        for call_id in dict.fromkeys(call_ids):
+            call = call_payload(conn, call_id)
+            if call is not None and call["answered_at"] is not None:
+                added += enqueue(conn, "call_answer", call_id, call, now)
+    return added
+
+
+def call_payload(conn: sqlite3.Connection, call_id: str) -> dict[str, Any] | None:
+    """The call as `ctrackd calls --format json` shows it, plus `answered_at` (ISO UTC)."""
+    row = conn.execute(f"{queries.SELECT_CALLS} WHERE call_id = ?", (call_id,)).fetchone()
+    if row is None:
+        return None
+    call = queries.call_from_row(row)
+    answered_at = conn.execute("SELECT answered_at FROM calls WHERE call_id = ?",
+                               (call_id,)).fetchone()[0]
+    call["answered_at"] = queries.iso_utc(answered_at)
+    return call
 
 
 def _got_through(conn: sqlite3.Connection, caller: str | None, started_at: float) -> bool:
@@ -255,6 +299,7 @@ class JudgeWorker:
         self._retries = retries
         self._sweep_interval = sweep_interval
         self._queued: dict[str, None] = {}   # ordered set: ids waiting for the next batch
+        self._answered: dict[str, None] = {}  # ids whose call_answer hook is to be queued
         self._inflight: list[str] = []
         self._wakeup = asyncio.Event()
         self.judged = 0          # verdicts written (tests, metrics)
@@ -268,6 +313,14 @@ class JudgeWorker:
         if added:
             self._wakeup.set()
 
+    def submit_answered(self, call_ids: Iterable[str]) -> None:
+        """Calls just saved as answered: their `call_answer` hook is queued with the next
+        batch (off the consumer's path; a batch lost here is caught up at judging)."""
+        for call_id in call_ids:
+            self._answered[call_id] = None
+        if self._answered:
+            self._wakeup.set()
+
     async def run(self, *, sweep: bool = True) -> None:
         """Judge forever (until cancelled); with `sweep`, also the recent calls nobody
         judged: at start, then every `sweep_interval` seconds."""
@@ -277,10 +330,8 @@ class JudgeWorker:
             if sweep and loop.time() >= next_sweep:
                 await self._sweep()
                 next_sweep = loop.time() + self._sweep_interval
-            try:
-                timeout = max(0.0, next_sweep - loop.time()) if sweep else None
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
+            timeout = max(0.0, next_sweep - loop.time()) if sweep else None
+            if not await wait_event(self._wakeup, timeout):
                 continue
             self._wakeup.clear()
             await self._judge_queued()
@@ -300,16 +351,16 @@ class JudgeWorker:
         """Judge what is queued or was cut mid-batch: the daemon's last act before closing."""
         self._queued = dict.fromkeys([*self._inflight, *self._queued])
         self._inflight = []
-        if self._queued:
+        if self._queued or self._answered:
             await self._judge_queued(retries=0)
 
     async def _judge_queued(self, retries: int | None = None) -> None:
         batch = self._inflight = list(self._queued)
-        self._queued = {}
+        answered, self._queued, self._answered = list(self._answered), {}, {}
         attempts = 1 + (self._retries if retries is None else retries)
         for attempt in range(attempts):
             try:
-                result = await asyncio.to_thread(self._judge, batch)
+                result = await asyncio.to_thread(self._judge, batch, answered)
             except (sqlite3.Error, OSError, StoreError) as exc:
                 self.failed_batches += 1
                 last = attempt == attempts - 1
@@ -330,11 +381,13 @@ class JudgeWorker:
     def _connect(self) -> sqlite3.Connection:
         return queries.connect(self._path, readonly=False, synchronous=self._synchronous)
 
-    def _judge(self, batch: list[str]) -> Judged:
+    def _judge(self, batch: list[str], answered: Sequence[str] = ()) -> Judged:
         conn = self._connect()
         try:
-            return judge_calls(conn, batch, rules=self._rules(), now=self._clock(),
-                               enqueue=self._enqueue())
+            enqueue, now = self._enqueue(), self._clock()
+            early = enqueue_answered(conn, answered, now, enqueue) if enqueue and answered else 0
+            judged = judge_calls(conn, batch, rules=self._rules(), now=now, enqueue=enqueue)
+            return Judged(judged.calls, judged.targets, judged.hooks + early)
         finally:
             conn.close()
 
