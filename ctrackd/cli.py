@@ -247,15 +247,18 @@ def _call_columns(full_numbers: bool) -> list[Column]:
 
 def report_arguments(p: argparse.ArgumentParser) -> None:
     _range_arguments(p)
+    from ctrackd.operators_command import GROUPINGS as OPERATOR_GROUPINGS
+    from ctrackd.operators_command import GROUPINGS_HELP as OPERATOR_HELP
     from ctrackd.report_command import GROUPINGS, by_help
-    p.add_argument("--by", choices=tuple(GROUPINGS), default="channel",
-                   help="one row per group: " + by_help())
+    # Rows of calls (report_command) or of phones and hours (operators_command).
+    p.add_argument("--by", choices=(*GROUPINGS, *OPERATOR_GROUPINGS), default="channel",
+                   help="one row per group: " + by_help() + "; " + OPERATOR_HELP)
     _format_argument(p, "json: one array, the total last (is_total: true)")
-    _operator_groupings(p)
 
 
 def report_command(args: argparse.Namespace) -> int:
-    if args.by in ("operator", "operator-hour"):  # rows of phones, not calls: its own module
+    from ctrackd.operators_command import GROUPINGS as OPERATOR_GROUPINGS
+    if args.by in OPERATOR_GROUPINGS:  # rows of phones, not calls: its own module
         return _operators_report(args)
     from ctrackd.report_command import ReportError, run_report  # docs/reports.md
     config = load_config(args.config)
@@ -264,11 +267,6 @@ def report_command(args: argparse.Namespace) -> int:
             return run_report(args, config, conn, _width())
         except ReportError as exc:
             raise CliError(str(exc)) from None
-
-
-def _operator_groupings(p: argparse.ArgumentParser) -> None:
-    from ctrackd.operators_command import add_groupings
-    add_groupings(p)
 
 
 def _operators_report(args: argparse.Namespace) -> int:

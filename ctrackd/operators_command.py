@@ -3,7 +3,7 @@
 Kept apart from the channel/campaign report (cli.py `report_command`): its
 rows are endpoints (or hours of day) read from `call_legs`, not calls, and
 its columns are its own. `report_command` hands these two groupings here
-(`run_operators`); `add_groupings` adds them to the `--by` choices. The SQL
+(`run_operators`); cli.py adds them to the `--by` choices. The SQL
 and the meaning of each column: store/operators.py, docs/operators.md.
 """
 
@@ -18,19 +18,10 @@ from ctrackd import output
 from ctrackd.output import Column
 from ctrackd.store import operators as store
 
-#: the `--by` values this module answers
+#: the `--by` values this module answers (cli.py lists them beside report_command's)
 GROUPINGS = ("operator", "operator-hour")
-
-
-def add_groupings(p: argparse.ArgumentParser) -> None:
-    """Add `operator` and `operator-hour` to the report's `--by` choices (and its help)."""
-    for action in p._actions:  # argparse keeps no public handle on an added option
-        if action.dest == "by" and action.choices is not None:
-            action.choices = (*action.choices, *(g for g in GROUPINGS
-                                                  if g not in action.choices))
-            action.help = ((action.help or "") + "; operator: one row per phone (endpoint):"
-                           " offered, answered, missed while it rang, time to answer;"
-                           " operator-hour: missed calls per hour of day")
+GROUPINGS_HELP = ("operator: one row per phone (endpoint): offered, answered, missed while it"
+                  " rang, time to answer; operator-hour: missed calls per hour of day")
 
 
 def run_operators(args: argparse.Namespace, conn: sqlite3.Connection, width: int) -> None:
