@@ -54,6 +54,7 @@ from ctrackd.config import Config, load_config
 from ctrackd.store import queries, schema
 from ctrackd.attribution.targets import judge_call
 from ctrackd.store.judge import judge_calls
+from ctrackd.store.legs import UPSERT_LEGS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "ctrackd.example.yaml"
 BATCH = 50_000      # calls per transaction (and per judging round)
@@ -165,18 +166,20 @@ def generate(path: Path, *, calls: int, days: float, config: Config, seed: int, 
             conn.execute(f'DROP INDEX "{name}"')
         answered = targets = dynamic = 0
         for first in range(0, calls, BATCH):
-            attributions, progresses, verdicts = [], [], []
+            attributions, progresses, verdicts, legs = [], [], [], []
             for index in range(first, min(first + BATCH, calls)):
                 a, p, verdict = world.call(index, starts[index])
                 attributions.append(a)
                 progresses.append(p)
                 verdicts.append(verdict)
+                legs += world.legs(a, p)
                 answered += p["status"] == "answered"
                 dynamic += a["tracking"] != "static"
                 targets += verdict["target"]
             with queries.transaction(conn):
                 _insert(conn, queries.UPSERT_ATTRIBUTION, attributions)
                 _insert(conn, queries.UPSERT_PROGRESS, progresses)
+                _insert(conn, UPSERT_LEGS, legs)
                 if not judge_in_store:
                     conn.executemany(VERDICT, verdicts)
             if judge_in_store:
@@ -381,6 +384,27 @@ class _World:
                 "hangup_cause_txt": CAUSE_TEXT[cause], "dial_status": dial_status,
                 "close_reason": "hangup"}
 
+    def legs(self, a: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]:
+        """The `call_legs` rows the AMI side would write: every phone of the ring
+        group or queue rings from the call's start; the one that answered gets
+        `answer`, the others `cancel` at that moment; an unanswered call's phones
+        end with the call's own dial status; half the failed calls reach no phone
+        (CHANUNAVAIL has no leg, capture 07)."""
+        status = p["status"]
+        if status == CallStatus.FAILED.value and self.rng.random() < 0.5:
+            return []
+        outcome = _LEG_OUTCOME.get(status, "cancel")
+        rows = []
+        for n, endpoint in enumerate(_endpoints(a["forward_to"])):
+            answered = status == CallStatus.ANSWERED.value and endpoint == p["answered_by"]
+            rows.append({"call_id": a["call_id"], "leg": f"{a['call_id']}.{n + 1}",
+                         "endpoint": endpoint, "rang_at": round(a["started_at"] + 0.05, 3),
+                         "answered_at": p["answered_at"] if answered else None,
+                         "ended_at": (p["ended_at"] if answered or p["answered_at"] is None
+                                      else p["answered_at"]),
+                         "outcome": "answer" if answered else outcome})
+        return rows
+
     def _verdict(self, a: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
         """`judge_call` as `store.judge` calls it, with the caller's previous call known here."""
         caller, channel = a["caller"], a["channel"]
@@ -396,6 +420,11 @@ class _World:
         return {"call_id": a["call_id"], "target": int(v.target),
                 "first_time": None if v.first_time is None else int(v.first_time),
                 "previous_call_at": v.previous_call_at, "target_rule": v.target_rule}
+
+
+#: a phone's DialEnd outcome when the call as a whole ended so (the answered one: "answer")
+_LEG_OUTCOME = {"no_answer": "noanswer", "busy": "busy", "abandoned": "cancel",
+                "failed": "congestion"}
 
 
 def _endpoints(forward_to: str) -> list[str]:
