@@ -139,8 +139,6 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()  # call_start rows being written
         self._starts: list[Attribution] = []  # calls whose call_start rows wait (START_DELAY)
         self._answered: set[str] = set()  # open calls whose call_answer hook is queued
-        self._background: set[asyncio.Task[None]] = set()  # call_start rows being written
-        self._starts: list[Attribution] = []  # calls whose call_start rows wait (START_DELAY)
 
     # -- lifecycle -----------------------------------------------------------
 

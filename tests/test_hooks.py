@@ -720,3 +720,59 @@ def test_the_documented_time_to_give_up_is_the_backoffs(store: Path) -> None:
               for n in range(1, 20)] for r in (0.0, 1.0)]  # 20 attempts: 19 waits
     low, high = (round(sum(w) / 3600, 1) for w in waits)
     assert f"default: {low} to {high} hours of waiting" in DOCS.read_text(encoding="utf-8")
+
+
+# -- a long outage's backlog, one failed round, an answer before its start ---------
+
+def test_a_round_looks_at_the_rows_it_claims_not_the_whole_backlog(store: Path) -> None:
+    """Each call's events go in order; picking them must not sort every pending row."""
+    hooks = [HookConfig("crm", url="http://127.0.0.1:9/h")]
+    for n in range(300):
+        add(store, hooks, f"b.{n}", event="call_start")
+        add(store, hooks, f"b.{n}", event="call_answer")
+    conn = connect(store)
+    try:
+        plan = " ".join(r[3] for r in conn.execute(
+            "EXPLAIN QUERY PLAN " + outbox._heads("?") + " AND o.next_attempt_at <= ?"
+            " ORDER BY o.next_attempt_at, o.id LIMIT ?", ["crm", time.time() + 1, 8]))
+        assert "outbox_due" in plan and "outbox_pending_call" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # no sort of the backlog
+        claimed = outbox.claim_due(conn, ["crm"], time.time() + 1, lease=60, limit=600)
+    finally:
+        conn.close()
+    # only the heads: every call's start, none of the answers behind them
+    assert sorted(d.event for d in claimed) == ["call_start"] * 300
+
+
+async def test_one_failed_round_is_one_failure_for_the_hold(
+        store: Path, dispatchers: list[Dispatcher]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hooks = [HookConfig("crm", url=f"http://127.0.0.1:{port}/hook", max_attempts=1000)]
+    for n in range(8):
+        add(store, hooks, f"r.{n}")
+    dispatcher = run(dispatchers, store, hooks, base_delay=5.0, concurrency=8)
+    await wait_for(lambda: dispatcher.failed_attempts == 8)
+    # 8 refused at once: held for the first step of the backoff (2.5-5 s), not 2^7 of it
+    assert dispatcher._failures_in_row == {"crm": 1}
+    assert dispatcher._held_until["crm"] - time.time() <= 5.0
+
+
+def test_an_answer_queued_before_its_start_brings_the_start_first(store: Path) -> None:
+    """A crash in the daemon's START_DELAY (or a ctrackd-agi call answered later):
+    the answer path queues the missing start, so the CRM still sees start, answer."""
+    from ctrackd.store.judge import enqueue_answered
+    hooks = [HookConfig("crm", url="http://127.0.0.1:9/h")]
+    conn = connect(store)
+    try:
+        queries.save_progress(conn, [CallProgress(
+            call_id="late.1", started_at=time.time() - 30, status=CallStatus.ANSWERED,
+            answered_at=time.time() - 20, answered_by="PJSIP/101")])
+        added = enqueue_answered(conn, ["late.1"], time.time(),
+                                 lambda c, e, i, p, n: outbox.enqueue(c, hooks, e, i, p, n))
+        claimed = outbox.claim_due(conn, ["crm"], time.time() + 1, lease=60, limit=10)
+    finally:
+        conn.close()
+    assert added == 2
+    assert [d.event for d in claimed] == ["call_start"]  # the answer waits behind it

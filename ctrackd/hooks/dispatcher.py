@@ -243,6 +243,10 @@ class Dispatcher:
             self._failures_in_row.pop(hook, None)
             self._held_until.pop(hook, None)
             return
+        if self._held_until.get(hook, 0.0) > now:
+            # The other attempts of the round that set this hold (they ran at once):
+            # one failed round is one failure, not `concurrency` of them.
+            return
         count = self._failures_in_row.get(hook, 0) + 1
         self._failures_in_row[hook] = count
         max_delay = self._hooks[hook].max_delay if hook in self._hooks else 3600.0

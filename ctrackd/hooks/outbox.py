@@ -37,8 +37,15 @@ MAX_ERROR_CHARS = 500
 _STATUS_SQL = ("CASE WHEN delivered_at IS NOT NULL THEN 'delivered'"
                " WHEN gave_up_at IS NOT NULL THEN 'failed' ELSE 'pending' END")
 _PENDING = "delivered_at IS NULL AND gave_up_at IS NULL"
-_EVENT_RANK = ("CASE event " + " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(events.ORDER))
-               + f" ELSE {len(events.ORDER)} END")
+
+
+def _event_rank(column: str = "event") -> str:
+    """SQL: a row's place in events.ORDER (a call's events go to a hook in that order)."""
+    return (f"CASE {column} " + " ".join(f"WHEN '{e}' THEN {i}" for i, e in enumerate(events.ORDER))
+            + f" ELSE {len(events.ORDER)} END")
+
+
+_EVENT_RANK = _event_rank()
 
 _INSERT = """
 INSERT OR IGNORE INTO outbox (delivery_id, event, hook, call_id, payload, created_at,
@@ -164,8 +171,8 @@ def claim_due(conn: sqlite3.Connection, hooks: Sequence[str], now: float, *, lea
     # key that re-checks the row: the daemon's store writer (the AGI route's saves)
     # never waits for SQLite's write lock while a long backlog is sorted.
     ids = [r[0] for r in conn.execute(
-        f"SELECT id FROM ({_heads(marks)}) WHERE next_attempt_at <= ?"
-        f" ORDER BY next_attempt_at, id LIMIT ?", [*hooks, now, limit])]
+        f"{_heads(marks)} AND o.next_attempt_at <= ? ORDER BY o.next_attempt_at, o.id LIMIT ?",
+        [*hooks, now, limit])]
     if not ids:
         return []
     found = conn.execute(
@@ -185,17 +192,27 @@ def next_due(conn: sqlite3.Connection, hooks: Sequence[str]) -> float | None:
     marks = ", ".join("?" for _ in hooks)
     # of the rows claim_due may take: one held back behind its call's earlier event
     # is "due" by its time, but waking for it would only spin
-    row = conn.execute(f"SELECT min(next_attempt_at) FROM ({_heads(marks)})",
-                       list(hooks)).fetchone()
-    return row[0]
+    row = conn.execute(f"{_heads(marks, 'o.next_attempt_at')}"
+                       " ORDER BY o.next_attempt_at LIMIT 1", list(hooks)).fetchone()
+    return row[0] if row else None
 
 
-def _heads(marks: str) -> str:
-    """The pending rows that may go now or at their time: each (hook, call)'s first
-    (id, next_attempt_at), for `hook IN (marks)`."""
-    return (f"SELECT id, next_attempt_at FROM (SELECT id, next_attempt_at, row_number()"
-            f" OVER (PARTITION BY hook, COALESCE(call_id, id) ORDER BY {_EVENT_RANK}, id)"
-            f" AS place FROM outbox WHERE {_PENDING} AND hook IN ({marks})) WHERE place = 1")
+def _heads(marks: str, columns: str = "o.id") -> str:
+    """The pending rows of `hook IN (marks)` that may go now or at their time: no
+    earlier event of the same call is pending for that hook (events.ORDER, then id).
+
+    Walked in `next_attempt_at` order on the partial index `outbox_due`, each row
+    checked by a lookup on `outbox_pending_call` (migration 7): a round costs
+    the rows it looks at, not a sort of the whole backlog. The caller appends
+    the due condition, the ORDER BY and the LIMIT.
+    """
+    rank_o, rank_e = _event_rank("o.event"), _event_rank("e.event")
+    return (f"SELECT {columns} FROM outbox AS o INDEXED BY outbox_due"
+            f" WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND o.hook IN ({marks})"
+            f" AND (o.call_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox AS e"
+            f" INDEXED BY outbox_pending_call WHERE e.hook = o.hook AND e.call_id = o.call_id"
+            f" AND e.delivered_at IS NULL AND e.gave_up_at IS NULL"
+            f" AND ({rank_e} < {rank_o} OR ({rank_e} = {rank_o} AND e.id < o.id))))")
 
 
 def pending_hooks(conn: sqlite3.Connection) -> list[str]:

@@ -144,12 +144,18 @@ def enqueue_lifecycle(conn: sqlite3.Connection, call_id: str, now: float,
 def enqueue_answered(conn: sqlite3.Connection, call_ids: Iterable[str], now: float,
                      enqueue: EnqueueHook) -> int:
     """`call_answer` for calls just saved as answered (the daemon's answer path), in
-    one transaction; the row as it is now is what `ctrackd calls` shows at the answer."""
+    one transaction; the row as it is now is what `ctrackd calls` shows at the answer.
+
+    Its `call_start` first, when missing (a crash in the daemon's START_DELAY, a
+    call recorded by ctrackd-agi): the outbox orders only what is pending at
+    once, and an answer delivered before its start was queued could not be
+    put back in order. A start that exists is ignored (same delivery id)."""
     added = 0
     with queries.transaction(conn):
         for call_id in dict.fromkeys(call_ids):
             call = call_payload(conn, call_id)
             if call is not None and call["answered_at"] is not None:
+                added += enqueue(conn, "call_start", call_id, call, now)
                 added += enqueue(conn, "call_answer", call_id, call, now)
     return added
 

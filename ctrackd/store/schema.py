@@ -218,6 +218,14 @@ MIGRATIONS: list[tuple[int, str]] = [
     );
     CREATE INDEX call_legs_endpoint ON call_legs (endpoint, rang_at);
     """),
+    (7, """
+    -- The hooks' dispatcher sends a call's events in order: "is an earlier
+    -- event of this call still pending for this hook?" is a lookup here, not
+    -- a sort of the whole backlog each round (a CRM down for an evening left
+    -- 30 000 rows: 150 ms a round, quadratic to drain).
+    CREATE INDEX outbox_pending_call ON outbox (hook, call_id)
+        WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
