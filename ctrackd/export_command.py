@@ -46,6 +46,10 @@ def export_arguments(p: argparse.ArgumentParser,
     p.add_argument("--out", metavar="FILE", help="write the file here (default: stdout)")
     p.add_argument("--all-calls", action="store_true",
                    help="every answered call, not only target calls")
+    p.add_argument("--id", choices=tuple(yandex_metrica.IDS), default=None,
+                   help="yandex-metrica only: the file's identifier, one per file: client-id"
+                        " (ClientId rows, upload with client_id_type=CLIENT_ID; default) or"
+                        " yclid (Yclid rows, client_id_type=YCLID)")
     p.add_argument("--send", action="store_true",
                    help="ga4 only: post the events to the Measurement Protocol endpoint"
                         " (exports.ga4 in the config)")
@@ -55,6 +59,11 @@ def run_export(args: argparse.Namespace, config: Any, conn: Any, *, now: float |
                progress: Progress | None = None) -> int:
     """Export, print the summary to stderr; `progress` is told how many calls were read."""
     fmt = FORMATS[args.system]
+    id_type = getattr(args, "id", None)
+    if id_type is not None and fmt.name != "yandex-metrica":
+        raise ExportError(f"--id is for yandex-metrica only ({fmt.name} has one identifier)")
+    if id_type == "yclid":
+        fmt = yandex_metrica.FORMAT_YCLID
     settings = config.exports
     if args.send and fmt.name != "ga4":
         raise ExportError(f"--send is for ga4 only: upload the {fmt.name} file in the"

@@ -206,10 +206,13 @@ def _printable(value: str) -> str:
 
 
 def _csv_value(value: Any) -> Any:
-    """A cell as JSON spells it where Python would not: `true`/`false`, not `True`/`False`
-    (the same file read by a script or by `--format json` must mean the same)."""
+    """A cell as JSON spells it where Python would not: `true`/`false`, not `True`/`False`,
+    a dict or list as compact JSON, not `{'gclid': None}` (the same file read by a script
+    or by `--format json` must mean the same)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):  # a session: JSON, not Python's repr
+        return _defuse_formula(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
     return _defuse_formula(value)
 
 

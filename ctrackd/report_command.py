@@ -56,7 +56,8 @@ GROUPINGS: dict[str, Grouping] = {
     "channel": Grouping("the channel (its config key)", "CHANNEL"),
     "source": Grouping("utm_source, or the channel's source", "SOURCE"),
     "medium": Grouping("utm_medium, or the channel's medium", "MEDIUM"),
-    "campaign": Grouping("utm_campaign, or the channel's campaign", "CAMPAIGN"),
+    "campaign": Grouping("the channel and its utm_campaign (or the channel's campaign)",
+                         "CAMPAIGN"),
     "keyword": Grouping("the web session's utm_term (pool and promo calls)", "KEYWORD"),
     "day": Grouping("local calendar day", "DAY"),
     "hour": Grouping("local hour of day, 00-23 (no cost: spend is per day)", "HOUR", _hour),
@@ -81,7 +82,9 @@ def run_report(args: argparse.Namespace, config: Any, conn: sqlite3.Connection, 
         targets = (reports.target_channels(conn, by=by, since=args.since, until=args.until)
                    if money.has_values else {})
     rows, unsplit = reports.with_money(rows, by, money, targets)
-    fields = (by, *BASE_FIELDS, *reports.MONEY_FIELDS, "is_total")
+    rows = reports.key_fields(rows, by)  # by campaign: channel and campaign
+    keys = reports.KEY_FIELDS.get(by, (by,))
+    fields = (*keys, *BASE_FIELDS, *reports.MONEY_FIELDS, "is_total")
     notes = _notes(by, rows[-1], unsplit, money)
     if args.format != "table":
         if args.format == "json":
@@ -90,8 +93,11 @@ def run_report(args: argparse.Namespace, config: Any, conn: sqlite3.Connection, 
             output.write_csv(rows, fields, sys.stdout)
     else:
         for row in rows:  # None is a group of its own (calls without that key)
+            cells = ["(none)" if row[key] is None else grouping.label(row[key]) for key in keys]
+            # by campaign one cell `campaign (channel)`: two columns would not fit 80, and
+            # a narrow cell cuts the channel, not the campaign
             row[by] = "TOTAL" if row["is_total"] else (
-                "(none)" if row[by] is None else grouping.label(row[by]))
+                f"{cells[1]} ({cells[0]})" if len(cells) == 2 else cells[0])
         columns = _money_columns(by, grouping) if money.has_spend or money.has_values \
             else _call_columns(by, grouping)
         sys.stdout.write(output.render_table(rows[:-1], columns, width=width,

@@ -94,8 +94,10 @@ def read_spend(data: bytes, *, origin: str, channels: Collection[str],
     result.ignored = [name for i, name in enumerate(header) if i not in used and name.strip()]
     micros = micros or "micros" in columns["amount"][1].lower()
     raw: list[tuple[int, list[str]]] = []
-    for offset, cells in enumerate(csv.reader(lines[header_at + 1:], delimiter=delimiter)):
-        line = header_at + 2 + offset
+    reader = csv.reader((line + "\n" for line in lines[header_at + 1:]), delimiter=delimiter)
+    after = 0  # lines the reader has taken: a quoted cell may hold line breaks
+    for cells in reader:
+        line, after = header_at + 2 + after, reader.line_num  # the line the row starts on
         if not any(c.strip() for c in cells):
             continue
         if _is_summary(cells, columns):

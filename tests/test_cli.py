@@ -325,6 +325,24 @@ def test_csv_spells_booleans_as_json_does() -> None:
         "first_time,target,note,calls\ntrue,false,,2\n")
 
 
+def test_csv_writes_a_dict_or_list_cell_as_compact_json(
+        capsys: pytest.CaptureFixture[str], store: Path, config: Path) -> None:
+    """A session in `calls --format csv` is the JSON `--format json` has, not Python's repr."""
+    session = {"gclid": None, "utm_term": "окна пвх", "pages": ["/", "/цены"]}
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE calls SET session_json = ? WHERE call_id = 'new'",
+                     (json.dumps(session),))
+    conn.close()
+    code, out, _ = run(capsys, "calls", "-c", str(config), "--format", "csv")
+    import csv
+    import io
+    rows = {r["call_id"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert code == 0 and rows["new"]["session"] == json.dumps(
+        session, ensure_ascii=False, separators=(",", ":"))
+    assert json.loads(rows["new"]["session"]) == session and rows["old"]["session"] == ""
+    assert output.csv_text([{"a": [1, "x"], "b": {}}], ["a", "b"]) == 'a,b\n"[1,""x""]",{}\n'
+
+
 @pytest.mark.parametrize("spelling, message", [
     ("79161234567x", "--caller '79161234567x' is not a phone number"),
     ("abc", "--caller 'abc' is not a phone number"),

@@ -77,15 +77,36 @@ def test_metrica_columns_and_values_are_the_documented_ones() -> None:
                   "PhoneNumber", "TalkDuration", "HoldDuration", "CallMissed", "Tag",
                   "FirstTimeCaller", "URL", "CallTrackerURL"}
     header = lines[0].split(",")
-    assert set(header) <= documented and header[:3] == ["ClientId", "Yclid", "DateTime"]
+    # one identifier type per file: ClientId only (client_id_type=CLIENT_ID), no Yclid column
+    assert set(header) <= documented and header[:2] == ["ClientId", "DateTime"]
+    assert "Yclid" not in header and "UserId" not in header
     row = dict(zip(header, next(csv.reader([lines[1]]))))
-    assert row == {"ClientId": "1546300000123456789", "Yclid": "", "DateTime": "1546374765",
+    assert row == {"ClientId": "1546300000123456789", "DateTime": "1546374765",
                    "StaticCall": "0", "Price": "2000", "Currency": "RUB",
                    "PhoneNumber": "+16502531234", "TalkDuration": "60", "HoldDuration": "4",
                    "CallMissed": "0", "Tag": "target", "FirstTimeCaller": "1",
                    "URL": "https://www.example.com/p",
                    "CallTrackerURL": "https://ct.example/c/1546374765.7"}
     assert " " not in row["PhoneNumber"] and not text.startswith("\ufeff")
+
+
+def test_metrica_writes_one_identifier_type_per_file() -> None:
+    """Metrica's upload_calls takes one client_id_type per upload: ClientId rows (CLIENT_ID)
+    or Yclid rows (YCLID), never both in one file."""
+    both = call(session={"ym_uid": "111", "yclid": "222"})
+    only_yclid = call(call_id="y", session={"yclid": "333"})
+    only_uid = call(call_id="u", session={"ym_uid": "444"})
+    text, left = rows_of("yandex-metrica", [both, only_yclid, only_uid, call(session=None)])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["ClientId"] for r in rows] == ["111", "444"] and "Yclid" not in rows[0]
+    assert left == {yandex_metrica.ONLY_YCLID: 1, yandex_metrica.NO_ID: 1}
+    fmt = yandex_metrica.FORMAT_YCLID
+    left = Counter()
+    out = io.StringIO()
+    fmt.write(convert_all([both, only_yclid, only_uid], fmt, SETTINGS, left), out, SETTINGS)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [r["Yclid"] for r in rows] == ["222", "333"] and "ClientId" not in rows[0]
+    assert list(rows[0])[:2] == ["Yclid", "DateTime"] and left == {yandex_metrica.NO_YCLID: 1}
 
 
 def test_metrica_price_has_a_dot_and_no_price_columns_without_a_value() -> None:
@@ -192,8 +213,41 @@ def test_export_command_counts_what_it_leaves_out(store: Path, tmp_path: Path,
             if line.startswith("  ")}
     assert exported + sum(left.values()) == 3000
     assert left["not answered"] > 0 and left[yandex_metrica.NO_ID] > 0
+    yclid = tmp_path / "yclid.csv"
+    assert cli.main(["export", "yandex-metrica", "-c", str(store), "--out", str(yclid),
+                     "--id", "yclid"]) == 0
+    capsys.readouterr()
+    header = yclid.read_text().splitlines()[0].split(",")
+    assert header[0] == "Yclid" and "ClientId" not in header
+    assert cli.main(["export", "ga4", "-c", str(store), "--id", "yclid"]) == 1
+    assert "--id is for yandex-metrica only" in capsys.readouterr().err
     assert cli.main(["export", "google-ads-calls", "-c", str(store), "--send"]) == 1
     assert "--send is for ga4 only" in capsys.readouterr().err
+
+
+def test_unjudged_calls_are_counted_as_not_judged_yet(store: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`target = 1` is NULL for an unjudged call: it must still be counted, not vanish."""
+    import sqlite3
+    with sqlite3.connect(tmp_path / "calls.sqlite3") as conn:
+        answered = conn.execute("SELECT call_id FROM calls WHERE status = 'answered' AND"
+                                " ended_at IS NOT NULL LIMIT 2").fetchall()
+        missed = conn.execute("SELECT call_id FROM calls WHERE status != 'answered' AND"
+                              " ended_at IS NOT NULL LIMIT 1").fetchall()
+        conn.executemany("UPDATE calls SET target = NULL, target_rule = NULL WHERE call_id = ?",
+                         answered + missed)
+    conn.close()
+    for extra in ([], ["--all-calls"]):
+        out = tmp_path / "metrica.csv"
+        assert cli.main(["export", "yandex-metrica", "-c", str(store), "--out", str(out),
+                         *extra]) == 0
+        err = capsys.readouterr().err
+        exported = len(out.read_text().splitlines()) - 1
+        left = {line.split(maxsplit=1)[1]: int(line.split()[0]) for line in err.splitlines()
+                if line.startswith("  ")}
+        assert exported + sum(left.values()) == 3000, err
+        if not extra:  # the unjudged missed call is "not answered" first
+            assert left["not judged yet"] == 2
 
 
 def test_ga4_send_posts_each_body_once_to_the_configured_endpoint(store: Path) -> None:

@@ -96,10 +96,15 @@ def test_campaign_report_matches_a_hand_computation_over_the_calls_csv(
     assert code == 0, err
     first = today - timedelta(days=30)  # --since a local midnight: whole days of spend
     since = first.isoformat()
+    before = time.time()
     code, out, _ = run(capsys, "report", "-c", config, "--by", "campaign", "--since", since,
                        "--format", "json")
+    after = time.time()
     assert code == 0
-    report = {row["campaign"]: row for row in json.loads(out) if not row["is_total"]}
+    # a group is (channel, campaign): campaign names repeat across ad systems
+    report = {(row["channel"], row["campaign"]): row for row in json.loads(out)
+              if not row["is_total"]}
+    assert list(json.loads(out)[0])[:3] == ["channel", "campaign", "calls"]
     total = json.loads(out)[-1]
     code, out, _ = run(capsys, "calls", "-c", config, "--since", since, "--limit", "0",
                        "--format", "csv")
@@ -109,43 +114,67 @@ def test_campaign_report_matches_a_hand_computation_over_the_calls_csv(
     # By hand: calls and target calls per campaign, revenue by each call's channel value.
     count, targets, revenue = Counter(), Counter(), defaultdict(float)
     for call in calls:
-        group = call["campaign"] or None
+        group = (call["channel"] or None, call["campaign"] or None)
         count[group] += 1
         if call["target"] == "true":
             targets[group] += 1
             revenue[group] += 2000 if call["channel"] == "google-ads" else 1500
-    # Spend: budgets per day from `first` to today, imports; by campaign only rows naming one.
-    cost: dict[str | None, float] = defaultdict(float)
-    day, budget_total = first, 0.0
-    while day <= today:
-        ring = 93000 / calendar.monthrange(day.year, day.month)[1]
-        cost["ring-road"] += ring
-        brand = 3000 / 7 if day <= today - timedelta(days=10) else 0.0
-        cost["brand"] += brand
-        budget_total += ring + brand + 700          # yandex-direct: no campaign, total only
-        day += timedelta(days=1)
-    imported = 0.0
-    for (day_text, campaign), amount in world["imported"].items():
-        if day_text >= since:
-            cost[campaign] += amount
-            imported += amount
+
+    def spend(now: float) -> tuple[dict[tuple[str, str], float], float]:
+        """Budgets per day from `first` to now (today: the part of it gone by), imports;
+        by campaign only rows naming one, for their channel's campaign."""
+        cost: dict[tuple[str, str], float] = defaultdict(float)
+        day, budget_total = first, 0.0
+        while day <= today:
+            start = datetime.combine(day, datetime.min.time()).timestamp()
+            stop = datetime.combine(day + timedelta(days=1), datetime.min.time()).timestamp()
+            share = min(1.0, (now - start) / (stop - start))
+            ring = 93000 / calendar.monthrange(day.year, day.month)[1] * share
+            cost[("billboard", "ring-road")] += ring
+            brand = 3000 / 7 * share if day <= today - timedelta(days=10) else 0.0
+            if day <= today - timedelta(days=10):
+                cost[("google-ads", "brand")] += brand
+            budget_total += ring + brand + 700 * share  # yandex-direct: no campaign
+            day += timedelta(days=1)
+        imported = 0.0
+        for (day_text, campaign), amount in world["imported"].items():
+            if day_text >= since:
+                cost[("google-ads", campaign)] += amount
+                imported += amount
+        return cost, budget_total + imported
+
+    (low, low_total), (high, high_total) = spend(before), spend(after)
+    assert ("yandex-direct", "search") in count     # no spend names it: cost unknown
     for group, n in count.items():
         row = report[group]
         assert (row["calls"], row["target"]) == (n, targets[group])
         assert row["revenue"] == pytest.approx(revenue[group], abs=0.01)
-        c = cost.get(group, 0.0)
-        assert row["cost"] == pytest.approx(c, abs=0.01)
+        if group not in low:   # no spend row names the group: no cost, not a cost of 0
+            assert (row["cost"], row["cost_per_call"], row["cost_per_target"], row["roi"]) \
+                == (None, None, None, None), group
+            continue
+        assert low[group] - 0.01 <= row["cost"] <= high[group] + 0.01
+        c = row["cost"]
         assert row["cost_per_call"] == pytest.approx(c / n, abs=0.01)
         if targets[group]:
             assert row["cost_per_target"] == pytest.approx(c / targets[group], abs=0.01)
         if c:
             assert row["roi"] == pytest.approx((revenue[group] - c) / c, abs=0.001)
-        else:
-            assert row["roi"] is None
-    assert total["cost"] == pytest.approx(budget_total + imported, abs=0.01)
+    assert low_total - 0.01 <= total["cost"] <= high_total + 0.01
     assert total["roi"] == pytest.approx(
         (sum(revenue.values()) - total["cost"]) / total["cost"], abs=0.001)
     assert total["currency"] == "RUB"
+
+
+def test_since_30_days_ago_is_30_days_of_spend(world: dict[str, Any],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--since -30d` without --until: 30 days of spend against 30 days of calls (a first
+    day counted by the part after --since, today by the part gone by), not 30 and a bit."""
+    code, out, _ = run(capsys, "report", "-c", str(world["config"]), "--by", "channel",
+                       "--since", "-30d", "--format", "json")
+    rows = {row["channel"]: row for row in json.loads(out)}
+    # yandex-direct: 700 a day, and no import names it
+    assert code == 0 and rows["yandex-direct"]["cost"] == pytest.approx(30 * 700, abs=0.05)
 
 
 def test_every_grouping_adds_up_to_the_same_total(world: dict[str, Any],
@@ -162,7 +191,10 @@ def test_every_grouping_adds_up_to_the_same_total(world: dict[str, Any],
         assert sum(r["revenue"] for r in rows[:-1]) == pytest.approx(rows[-1]["revenue"])
         totals[by] = {k: rows[-1][k] for k in ("calls", "answered", "target", "unique_callers",
                                                 "cost", "revenue")}
+    # cost within a cent or so: each report ends at its own "now" (today by its elapsed share)
+    costs = {by: t.pop("cost") for by, t in totals.items()}
     assert all(t == totals["channel"] for t in totals.values()), totals
+    assert all(c == pytest.approx(costs["channel"], abs=0.05) for c in costs.values()), costs
     assert len([r for r in json.loads(out)[:-1]]) == 7  # weekday: Mon..Sun
 
 

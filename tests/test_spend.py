@@ -55,6 +55,37 @@ spend:
     assert len(rows) == 7 and {r.origin for r in rows} == {"config"}
 
 
+def test_a_finer_import_replaces_the_budget_it_falls_under(tmp_path: Path) -> None:
+    """A Direct report by campaign and keyword, imported with --channel yandex-direct,
+    replaces that channel's budget on its days (docs/reports.md), not adds to it; a budget
+    the import does not fall under (another channel, another campaign) stays."""
+    config = load_config(config_with(tmp_path, """\
+spend:
+  budgets:
+    - {channel: yandex-direct, amount: 6000, per: day}
+    - {channel: yandex-direct, campaign: brand, amount: 50, per: day}
+    - {channel: google-ads, amount: 100, per: day}
+"""))
+    conn = queries.connect(tmp_path / "calls.sqlite3", readonly=False)
+    schema.migrate(conn)
+    spend.save(conn, [
+        spend.SpendRow(day="2026-11-02", amount=6000, channel="yandex-direct",
+                       campaign="search", term="okna", origin="direct.tsv"),
+        spend.SpendRow(day="2026-11-02", amount=1, channel="yandex-direct",
+                       campaign="search", term="dveri", origin="direct.tsv")], now=0.0)
+    rows = spend.spend_rows(conn, config.spend, date(2026, 11, 1), date(2026, 11, 2), None)
+    conn.close()
+    on = {day: sorted((r.channel, r.campaign or "", r.amount) for r in rows if r.day == day)
+          for day in ("2026-11-01", "2026-11-02")}
+    assert on["2026-11-01"] == [("google-ads", "", 100), ("yandex-direct", "", 6000),
+                                ("yandex-direct", "brand", 50)]
+    assert on["2026-11-02"] == [("google-ads", "", 100), ("yandex-direct", "brand", 50),
+                                ("yandex-direct", "search", 1), ("yandex-direct", "search",
+                                                                 6000)]
+    assert sum(r.amount for r in rows if r.day == "2026-11-02"
+               and r.channel == "yandex-direct") == 6051
+
+
 @pytest.mark.parametrize("budget, message", [
     ("{channel: tv, amount: 1, per: day}", "spend.budgets[0].channel: expected a channel key"
      " (google-ads, yandex-direct), found 'tv'"),
@@ -139,6 +170,13 @@ def test_every_bad_row_is_reported_with_its_line() -> None:
         "line 5: amount: '-4' is negative",
         "line 5: channel: 'tv' is not a channel of the config (google-ads, yandex-direct)",
         "line 5: currency: 'rub1' is no ISO 4217 code such as RUB"]
+
+
+def test_a_bad_row_after_a_quoted_multi_line_cell_names_its_physical_line() -> None:
+    data = b'day,amount,campaign\n2026-11-20,10,"multi\nline"\n2026-11-21,bad,z\n'
+    parsed = read_spend(data, origin="f", channels=CHANNELS)
+    assert parsed.errors == ["line 4: amount: cannot read 'bad' as an amount"]
+    assert [r.campaign for r in parsed.rows] == ["multi\nline"]
 
 
 def test_a_file_without_a_header_or_with_two_campaign_columns_is_refused() -> None:

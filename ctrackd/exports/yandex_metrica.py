@@ -1,8 +1,13 @@
 """Yandex Metrica: calls as offline conversions ("Звонки", upload_calls).
 
-The documented CSV: the first line names the columns; one of `UserId`,
-`ClientId` (the `_ym_uid` cookie) or `Yclid` (the Direct click id) ties a
-call to a visitor; `DateTime` is a Unix timestamp (UTC); optional
+The documented CSV: the first line names the columns; one identifier
+column ties a call to a visitor, the one the upload names in its
+`client_id_type` (`ClientId` "only for client_id_type = CLIENT_ID", the
+`_ym_uid` cookie; `Yclid` for `YCLID`, the Direct click id). A file holds one
+identifier type, so `--id client-id` (the default) writes ClientId rows only
+and `--id yclid` Yclid rows only; a call without that identifier is left out
+with its own reason (a call with only a yclid says so: export it again with
+`--id yclid`); `DateTime` is a Unix timestamp (UTC); optional
 `StaticCall` (1 static, 0 dynamic), `Price` (a dot as separator), `Currency`
 (ISO 4217), `PhoneNumber` (with country code, no spaces: +70123456789),
 `TalkDuration` and `HoldDuration` (seconds), `CallMissed` (1/0), `Tag`,
@@ -21,22 +26,32 @@ from urllib.parse import quote
 from ctrackd.configcalls import ExportsConfig
 from ctrackd.exports import Format, LeftOut, number
 
-IDS = ("ClientId", "Yclid")
+#: --id -> (the column, the session field it comes from, upload_calls' client_id_type)
+IDS = {"client-id": ("ClientId", "ym_uid", "CLIENT_ID"), "yclid": ("Yclid", "yclid", "YCLID")}
 COLUMNS = ("DateTime", "StaticCall", "PhoneNumber", "TalkDuration", "HoldDuration",
            "CallMissed", "Tag", "FirstTimeCaller", "URL", "CallTrackerURL")
 PRICE = ("Price", "Currency")
 MAX_AGE = 21 * 86400.0
 NO_ID = "no ClientId (_ym_uid) or Yclid"
+ONLY_YCLID = "only a Yclid (export it with --id yclid)"
+NO_YCLID = "no Yclid"
 
 
-def convert(call: Any, settings: ExportsConfig) -> dict[str, str] | LeftOut:
+def convert(call: Any, settings: ExportsConfig, id_type: str = "client-id"
+            ) -> dict[str, str] | LeftOut:
     session = call.session or {}
     client_id, yclid = session.get("ym_uid"), session.get("yclid")
-    if not client_id and not yclid:
-        return LeftOut(NO_ID)
+    if id_type == "yclid":
+        if not yclid:
+            return LeftOut(NO_YCLID)
+        ident = {"Yclid": yclid}
+    elif client_id:
+        ident = {"ClientId": client_id}
+    else:
+        return LeftOut(ONLY_YCLID if yclid else NO_ID)
     answered = call.status == "answered"
     row = {
-        "ClientId": client_id or "", "Yclid": yclid or "",
+        **ident,
         "DateTime": str(int(call.started_at)),
         "StaticCall": "1" if call.tracking == "static" else "0",
         "PhoneNumber": call.caller if call.caller and call.caller.startswith("+") else "",
@@ -57,19 +72,31 @@ def convert(call: Any, settings: ExportsConfig) -> dict[str, str] | LeftOut:
     return row
 
 
-def columns(settings: ExportsConfig) -> tuple[str, ...]:
+def convert_yclid(call: Any, settings: ExportsConfig) -> dict[str, str] | LeftOut:
+    return convert(call, settings, "yclid")
+
+
+def columns(settings: ExportsConfig, id_type: str = "client-id") -> tuple[str, ...]:
     """Price and Currency only when a value is configured: an empty Price is no price."""
     priced = settings.value is not None or bool(settings.channel_values)
-    return IDS + COLUMNS[:2] + (PRICE if priced else ()) + COLUMNS[2:]
+    return (IDS[id_type][0],) + COLUMNS[:2] + (PRICE if priced else ()) + COLUMNS[2:]
 
 
-def write(rows: list[dict[str, str]], out: TextIO, settings: ExportsConfig) -> None:
-    writer = csv.DictWriter(out, fieldnames=columns(settings), lineterminator="\n",
+def write(rows: list[dict[str, str]], out: TextIO, settings: ExportsConfig,
+          id_type: str = "client-id") -> None:
+    writer = csv.DictWriter(out, fieldnames=columns(settings, id_type), lineterminator="\n",
                             restval="")
     writer.writeheader()
     writer.writerows(rows)
 
 
-FORMAT = Format("yandex-metrica", "Yandex Metrica offline calls (CSV for upload_calls)",
-                MAX_AGE, "older than 21 days (Metrica links calls to visits of the last 21"
-                " days)", convert, write)
+def write_yclid(rows: list[dict[str, str]], out: TextIO, settings: ExportsConfig) -> None:
+    write(rows, out, settings, "yclid")
+
+
+_TOO_OLD = "older than 21 days (Metrica links calls to visits of the last 21 days)"
+FORMAT = Format("yandex-metrica", "Yandex Metrica offline calls (CSV for upload_calls;"
+                " --id client-id or yclid)", MAX_AGE, _TOO_OLD, convert, write)
+#: the same file with Yclid rows (`--id yclid`; upload with client_id_type=YCLID)
+FORMAT_YCLID = Format("yandex-metrica", FORMAT.help, MAX_AGE, _TOO_OLD, convert_yclid,
+                      write_yclid)

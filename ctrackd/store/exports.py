@@ -75,7 +75,9 @@ def left_out_counts(conn: sqlite3.Connection, *, since: float | None, until: flo
                     all_calls: bool) -> dict[str, int]:
     """Calls in [since, until) that do not qualify, counted per reason."""
     clauses, params = _range(since, until)
-    where = " AND ".join(clauses + [f"NOT {_qualifies(all_calls)}"])
+    # COALESCE: an unjudged call's `target = 1` is NULL, and NOT NULL would drop it from here
+    # as from the export, so "not judged yet" could never be counted
+    where = " AND ".join(clauses + [f"NOT COALESCE({_qualifies(all_calls)}, 0)"])
     rows = conn.execute(
         f"SELECT CASE WHEN ended_at IS NULL THEN '{IN_PROGRESS}'"
         f" WHEN status != 'answered' THEN '{NOT_ANSWERED}'"

@@ -11,7 +11,9 @@ Money (docs/reports.md): cost is the spend of the group, as day rows
 (`store.spend`), each day counted by the share of it inside the range
 (`--since -30d` takes 30 days of spend, not 31); a row counts for the group
 its key names (a channel's budget for that channel; by campaign, only rows
-that name a campaign; by day and weekday, the day's rows); rows without the
+that name a campaign, for that channel's campaign: a group is (channel,
+campaign), names repeat across ad systems; by day and weekday, the day's
+rows); rows without the
 grouping's key count in the total only. By hour there is no per-hour spend
 (ad systems report days; spreading a day evenly would invent cost per call
 figures), so hour rows have no cost and the total has it all. Revenue is
@@ -37,8 +39,12 @@ from ctrackd.store.spend import SpendRow
 #: every grouping this module answers, in the order the CLI lists them
 BY = ("channel", "source", "medium", "campaign", "keyword", "day", "hour", "weekday")
 _KEYWORD = "CASE WHEN session_json IS NOT NULL THEN json_extract(session_json, '$.utm_term') END"
+#: by campaign a group is (channel, campaign): campaign names are the ad systems' own, so
+#: "brand" of google-ads and "brand" of yandex-direct are two campaigns with two budgets
 _COLUMNS = {"channel": "channel", "source": "source", "medium": "medium",
-            "campaign": "campaign", "keyword": _KEYWORD}
+            "campaign": "json_array(channel, campaign)", "keyword": _KEYWORD}
+#: the fields a group's key is shown as (by campaign: the channel beside the campaign)
+KEY_FIELDS = {"campaign": ("channel", "campaign")}
 #: the spend key that splits spend by a grouping (hour: none, see the module doc)
 SPEND_KEY = {"channel": "channel", "source": "source", "medium": "medium",
              "campaign": "campaign", "keyword": "term"}
@@ -66,6 +72,9 @@ def report(conn: sqlite3.Connection, *, by: str, since: float | None = None,
         targets = dict(conn.execute(
             f"SELECT {expr} AS g, COUNT(*) FROM calls{where}{_and(where)} target = 1"
             " GROUP BY g", params).fetchall())
+        if by in KEY_FIELDS:
+            grouped = [(_key(row[0]), *row[1:]) for row in grouped]
+            targets = {_key(g): n for g, n in targets.items()}
     elif by in ("hour", "weekday"):
         segments = clock_segments(conn, since, until, tz, by)
         found = {row[0]: row for row in conn.execute(
@@ -102,7 +111,7 @@ def target_channels(conn: sqlite3.Connection, *, by: str, since: float | None = 
         for group, channel, count in conn.execute(
                 f"SELECT {_COLUMNS[by]} AS g, channel, COUNT(*) FROM calls{index}{where}"
                 f"{_and(where)} target = 1 GROUP BY g, channel", params):
-            result[group][channel] = count
+            result[_key(group) if by in KEY_FIELDS else group][channel] = count
         return result
     if by == "day":
         segments = [[lo, hi, day] for day, lo, hi in _days(conn, since, until, tz)]
@@ -158,6 +167,25 @@ def _targets_in_segments(conn: sqlite3.Connection, where: str, params: list[floa
     return counts
 
 
+def _key(value: str) -> tuple[Any, ...]:
+    """A composite group key (json_array(...) in SQL) as a tuple."""
+    return tuple(json.loads(value))
+
+
+def key_fields(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """The rows with a composite key spelt out as its fields, first (by campaign:
+    `channel, campaign, calls, ...`); other groupings as they are."""
+    names = KEY_FIELDS.get(by)
+    if names is None:
+        return rows
+    out = []
+    for row in rows:
+        key = row.pop(by)
+        out.append({**dict(zip(names, key if key is not None else (None,) * len(names))),
+                    **row})
+    return out
+
+
 def _and(where: str) -> str:
     return " AND" if where else " WHERE"
 
@@ -182,11 +210,12 @@ def spend_days(since: float | None, until: float | None, tz: tzinfo | None, *,
     """(first day, last day, {day: share inside [since, until)}) of the spend a report counts.
 
     Without --since the report starts at the first call or the first stored
-    spend day, whichever is earlier; without --until it ends now (today
-    counts whole: its budget is being spent).
+    spend day, whichever is earlier; without --until it ends now: today counts
+    by its elapsed share, as the calls do (`--since -30d` is 30 days of spend
+    against 30 days of calls, not 30.5).
     """
-    end = until if until is not None else now
-    last = datetime.fromtimestamp(end - (1e-6 if until is not None else 0), tz).date()
+    until = until if until is not None else now
+    last = datetime.fromtimestamp(until - 1e-6, tz).date()
     if since is not None:
         first = datetime.fromtimestamp(since, tz).date()
     else:
@@ -198,8 +227,7 @@ def spend_days(since: float | None, until: float | None, tz: tzinfo | None, *,
     day = first
     while day <= last:
         lo, hi = _day_start(day, tz), _day_start(day + timedelta(days=1), tz)
-        inside = min(hi, until if until is not None else hi) - max(
-            lo, since if since is not None else lo)
+        inside = min(hi, until) - max(lo, since if since is not None else lo)
         if inside > 0:
             coverage[day.isoformat()] = min(1.0, inside / (hi - lo))
         day += timedelta(days=1)
@@ -208,6 +236,9 @@ def spend_days(since: float | None, until: float | None, tz: tzinfo | None, *,
 
 def spend_group(row: SpendRow, by: str) -> tuple[bool, Any]:
     """(counts for a group, which group) of a spend row in a report by `by`."""
+    if by in KEY_FIELDS:  # campaign: (channel, campaign), as the calls are grouped
+        key = tuple(getattr(row, k) for k in KEY_FIELDS[by])
+        return getattr(row, SPEND_KEY[by]) is not None, key
     if by in SPEND_KEY:
         value = getattr(row, SPEND_KEY[by])
         return value is not None, value
@@ -226,12 +257,15 @@ def with_money(rows: list[dict[str, Any]], by: str, money: Money,
     A group with spend but no calls gets a row of its own: money spent for no call is
     what marketing must see first.
     """
+    # a group's cost is the sum of the spend rows naming it; a group no row names has no
+    # known cost (null, not 0: "free calls" is not what an unknown cost means)
     cost: dict[Any, float] = defaultdict(float)
     total_cost = unsplit = 0.0
     for row in money.spend:
-        amount = row.amount * money.coverage.get(row.day, 0.0)
-        if amount <= 0:
+        share = money.coverage.get(row.day, 0.0)
+        if share <= 0:
             continue
+        amount = row.amount * share
         total_cost += amount
         grouped, group = spend_group(row, by)
         if grouped:
@@ -240,7 +274,8 @@ def with_money(rows: list[dict[str, Any]], by: str, money: Money,
             unsplit += amount
     body, total = rows[:-1], rows[-1]
     have = {row[by] for row in body}
-    extra = sorted((g for g in cost if g not in have), key=lambda g: (g is None, str(g)))
+    extra = sorted((g for g, c in cost.items() if g not in have and c > 0),
+                   key=lambda g: (g is None, str(g)))
     body = body + [_figures(by, g, [0] * 7, 0, 0, is_total=False) for g in extra]
     if by in ("day", "weekday"):
         order = {d: i for i, d in enumerate(WEEKDAYS)}
@@ -250,7 +285,7 @@ def with_money(rows: list[dict[str, Any]], by: str, money: Money,
         revenue = sum((money.value_for(channel) or 0.0) * n
                       for channel, n in targets.get(row[by], {}).items())
         revenue_total += revenue
-        group_cost = cost.get(row[by], 0.0) if by != "hour" else None
+        group_cost = cost.get(row[by]) if by != "hour" else None
         _money_fields(row, group_cost, revenue, money)
     _money_fields(total, total_cost, revenue_total, money)
     return body + [total], unsplit

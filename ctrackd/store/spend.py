@@ -5,9 +5,11 @@ it was reported by (channel, source, medium, campaign, term); a key left
 NULL means "not split by it". Imports (`ctrackd spend import`) are stored;
 the config's budgets (`spend.budgets`) are not: they are spread over the
 days a report asks for, each time, so that editing the config changes the
-next report and nothing stale is left in the store. Where an imported row
-and a budget have the same day and keys, the imported row (what the ad
-system says was spent) replaces the budget (what was planned) for that day.
+next report and nothing stale is left in the store. Where imported rows
+exist on a budget's day whose keys include every key the budget names (same
+values; they may be finer: by campaign and keyword under a channel's
+budget), the imported rows (what the ad system says was spent) replace the
+budget (what was planned) for that day.
 
 Writes are the CLI's: one short IMMEDIATE transaction with the busy timeout
 (the daemon and ctrackd-agi write the same file; WAL lets readers on), an
@@ -121,6 +123,17 @@ def spend_rows(conn: sqlite3.Connection, config: SpendConfig, first: date, last:
                currency: str | None) -> list[SpendRow]:
     """Every day row from `first` to `last`: imported rows, and budgets where none replaces them."""
     imported = stored(conn, first.isoformat(), last.isoformat())
-    seen = {row.key for row in imported}
-    budgets = [row for row in budget_rows(config, first, last, currency) if row.key not in seen]
+    by_day: dict[str, list[SpendRow]] = {}
+    for row in imported:
+        by_day.setdefault(row.day, []).append(row)
+    budgets = [row for row in budget_rows(config, first, last, currency)
+               if not any(_covers(done, row) for done in by_day.get(row.day, ()))]
     return sorted(imported + budgets, key=lambda r: r.key)
+
+
+def _covers(imported: SpendRow, budget: SpendRow) -> bool:
+    """Whether an imported row replaces a budget on its day: it names every key the budget
+    names, with the same value (and may name more: a Direct report by campaign and keyword,
+    imported with --channel yandex-direct, replaces the channel's budget, not adds to it)."""
+    return all(getattr(imported, k) == getattr(budget, k)
+               for k in KEYS if getattr(budget, k) is not None)
