@@ -186,6 +186,10 @@ def calls_command(args: argparse.Namespace) -> int:
                 print("ctrackd: no calls match", file=sys.stderr)
                 return 0
             _print(args.format, calls, columns, queries.CALL_FIELDS)
+            if args.limit and len(calls) == args.limit:
+                # A script summing a CSV must not take the newest 50 for all of them.
+                print(f"ctrackd: note: the newest {args.limit} calls only (--limit 0 for all)",
+                      file=sys.stderr)
             return 0
         return _follow(conn, args.limit, filters, _Stream(args.format, columns))
 
@@ -507,8 +511,9 @@ def _is_lock(exc: sqlite3.Error) -> bool:
 
 
 def _width() -> int:
-    # 80 columns at most (SSH sessions, pasted into tickets); fewer on a narrow terminal.
-    return min(80, shutil.get_terminal_size((80, 24)).columns) if sys.stdout.isatty() else 80
+    # The terminal's width on a terminal (a report's money columns need more than
+    # 80); 80 when piped or pasted into a ticket.
+    return max(40, shutil.get_terminal_size((80, 24)).columns) if sys.stdout.isatty() else 80
 
 
 def _print(fmt: str, rows: list[dict[str, Any]], columns: list[Column],

@@ -180,18 +180,36 @@ def _build(r: Reader, top: dict[str, Node], source: Path) -> Config:
     pools = pools_section(r, top.get("pools"), channels, numbers, region)
     web = web_section(r, top.get("web"), region)
     check_web_against_pools(r, top.get("web"), web, pools)
+    agi = _agi(r, top.get("agi"))
+    exports = exports_section(r, top.get("exports"), channels)
+    spend = spend_section(r, top.get("spend"), channels)
+    metrics = metrics_section(r, top.get("metrics"))
+    _check_across(r, top, agi=agi, web=web, metrics=metrics, exports=exports, spend=spend)
     return Config(
-        source=source, ami=_ami(r, top["ami"]), agi=_agi(r, top.get("agi")),
+        source=source, ami=_ami(r, top["ami"]), agi=agi,
         store=_store(r, top["store"], source), recordings=_recordings(r, top.get("recordings")),
         defaults=defaults, phone_region=region, channels=channels, numbers=numbers,
         log=_log(r, top.get("log")),
         pools=pools, utm_rules=utm_rules_section(r, top.get("utm_rules"), channels), web=web,
         promo=promo_section(r, top.get("promo")), targets=targets,
         hooks=hooks_section(r, top.get("hooks")),
-        exports=exports_section(r, top.get("exports"), channels),
-        spend=spend_section(r, top.get("spend"), channels),
-        metrics=metrics_section(r, top.get("metrics")),
+        exports=exports, spend=spend, metrics=metrics,
     )
+
+
+def _check_across(r: Reader, top: dict[str, Node], *, agi: AgiConfig, web: WebConfig | None,
+                  metrics: Any, exports: Any, spend: Any) -> None:
+    """Settings that are fine alone and wrong together: caught here, not at the first
+    report or at the daemon's start."""
+    if metrics is not None:
+        for name, taken in (("agi.listen", (agi.host, agi.port)),
+                            ("web.listen", (web.host, web.port) if web else None)):
+            if taken == (metrics.host, metrics.port):
+                r.fail(top["metrics"], "metrics.listen", f"an address other than {name}'s",
+                       f"{metrics.host}:{metrics.port} for both")
+    if spend.currency and exports.currency and spend.currency != exports.currency:
+        r.fail(top["spend"], "spend.currency", f"the currency of exports ({exports.currency}):"
+               " a report adds one currency", repr(spend.currency))
 
 
 def _is_region(value: str) -> bool:

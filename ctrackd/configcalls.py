@@ -273,7 +273,7 @@ def exports_section(r: Reader, node: Node | None, channels: Iterable[str]) -> Ex
                 r.fail(key_node, "exports.values", "a channel key (" + (", ".join(sorted(known))
                        or "none defined") + ")", repr(key))
             values[key] = r.number(value, f"exports.values.{key}", default=0.0, low=0,
-                                   high=1e12)
+                                   high=1e12, unit="currency units")
     currency = r.text(m.get("currency"), "exports.currency", default=None)
     if currency is not None and not _CURRENCY.match(currency):
         r.fail(m["currency"], "exports.currency", "a three-letter ISO 4217 code such as RUB",
@@ -287,8 +287,8 @@ def exports_section(r: Reader, node: Node | None, channels: Iterable[str]) -> Ex
         if "google_ads" in m else {}
     value = m.get("value")
     return ExportsConfig(
-        value=r.number(value, "exports.value", default=0.0, low=0, high=1e12)
-        if value is not None else None,
+        value=r.number(value, "exports.value", default=0.0, low=0, high=1e12,
+                       unit="currency units") if value is not None else None,
         currency=currency, channel_values=values, timezone=timezone,
         call_conversion=r.text(g.get("call_conversion"), "exports.google_ads.call_conversion",
                                default="Phone call"),

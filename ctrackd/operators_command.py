@@ -14,7 +14,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from ctrackd import output
+from ctrackd import output, progress
 from ctrackd.output import Column
 from ctrackd.store import operators as store
 
@@ -27,11 +27,13 @@ GROUPINGS_HELP = ("operator: one row per phone (endpoint): offered, answered, mi
 def run_operators(args: argparse.Namespace, conn: sqlite3.Connection, width: int) -> None:
     """Print the operators report (`--by operator`) or missed calls per hour (`operator-hour`)."""
     if args.by == "operator":
-        rows = store.operator_report(conn, since=args.since, until=args.until)
+        with progress.timing(conn, "report by operator"):  # seconds on a million calls
+            rows = store.operator_report(conn, since=args.since, until=args.until)
         fields, columns = store.OPERATOR_FIELDS, _operator_columns()
         key = "endpoint"
     else:
-        rows = store.missed_by_hour(conn, since=args.since, until=args.until)
+        with progress.timing(conn, "report by operator-hour"):
+            rows = store.missed_by_hour(conn, since=args.since, until=args.until)
         fields, columns = store.HOUR_FIELDS, _hour_columns()
         key = "hour"
     if args.format == "json":

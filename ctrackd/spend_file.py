@@ -103,6 +103,12 @@ def read_spend(data: bytes, *, origin: str, channels: Collection[str],
         if _is_summary(cells, columns):
             result.skipped += 1
             continue
+        if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
+            # `1234,56` unquoted in a comma file: a silent 1234 would be the wrong spend
+            result.errors.append(
+                f"line {line}: {len(cells)} fields where the header has {len(header)}: a"
+                f" decimal comma in a comma-separated file must be quoted (\"1234,56\")")
+            continue
         raw.append((line, cells))
     amounts = [_cell(cells, columns["amount"][0]) for _, cells in raw]
     mark = _decimal_mark(amounts, delimiter)

@@ -208,3 +208,15 @@ def test_pools_need_numbers_to_replace(tmp_path: Path) -> None:
 def test_recordings_dir_must_be_absolute(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="recordings.dir: expected an absolute path"):
         load_config(write(tmp_path, GOOD + "recordings:\n  dir: monitor\n"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('metrics: {listen: "127.0.0.1:4573"}\n',
+     r"metrics.listen: expected an address other than agi.listen's"),
+    ("spend: {currency: USD}\nexports: {currency: RUB, value: 100}\n",
+     r"spend.currency: expected the currency of exports \(RUB\)"),
+])
+def test_settings_wrong_together_are_caught_by_check_config(tmp_path: Path, extra: str,
+                                                            message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, GOOD + extra))

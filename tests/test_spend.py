@@ -172,6 +172,15 @@ def test_every_bad_row_is_reported_with_its_line() -> None:
         "line 5: currency: 'rub1' is no ISO 4217 code such as RUB"]
 
 
+def test_an_unquoted_decimal_comma_is_an_error_not_a_smaller_amount() -> None:
+    """`1234,56` in a comma file splits into 1234 and an extra field: refused."""
+    parsed = read_spend(b"day,amount\n2026-11-01,1234,56\n2026-11-02,\"10,50\"\n", origin="f",
+                        channels=CHANNELS, channel="google-ads")
+    assert parsed.errors == ["line 2: 3 fields where the header has 2: a decimal comma in a"
+                             " comma-separated file must be quoted (\"1234,56\")"]
+    assert [r.amount for r in parsed.rows] == [10.5]
+
+
 def test_a_bad_row_after_a_quoted_multi_line_cell_names_its_physical_line() -> None:
     data = b'day,amount,campaign\n2026-11-20,10,"multi\nline"\n2026-11-21,bad,z\n'
     parsed = read_spend(data, origin="f", channels=CHANNELS)

@@ -5,9 +5,9 @@ column ties a call to a visitor, the one the upload names in its
 `client_id_type` (`ClientId` "only for client_id_type = CLIENT_ID", the
 `_ym_uid` cookie; `Yclid` for `YCLID`, the Direct click id). A file holds one
 identifier type, so `--id client-id` (the default) writes ClientId rows only
-and `--id yclid` Yclid rows only; a call without that identifier is left out
-with its own reason (a call with only a yclid says so: export it again with
-`--id yclid`); `DateTime` is a Unix timestamp (UTC); optional
+and `--id yclid` Yclid rows of the calls the ClientId file cannot carry (a
+call with both ids is in the ClientId file only: uploaded twice it would
+count twice); a call without the identifier is left out with its own reason; `DateTime` is a Unix timestamp (UTC); optional
 `StaticCall` (1 static, 0 dynamic), `Price` (a dot as separator), `Currency`
 (ISO 4217), `PhoneNumber` (with country code, no spaces: +70123456789),
 `TalkDuration` and `HoldDuration` (seconds), `CallMissed` (1/0), `Tag`,
@@ -35,6 +35,8 @@ MAX_AGE = 21 * 86400.0
 NO_ID = "no ClientId (_ym_uid) or Yclid"
 ONLY_YCLID = "only a Yclid (export it with --id yclid)"
 NO_YCLID = "no Yclid"
+#: in the Yclid file: the call is in the ClientId file already (uploading both counts it twice)
+HAS_CLIENT_ID = "has a ClientId (it is in the --id client-id file)"
 
 
 def convert(call: Any, settings: ExportsConfig, id_type: str = "client-id"
@@ -44,6 +46,8 @@ def convert(call: Any, settings: ExportsConfig, id_type: str = "client-id"
     if id_type == "yclid":
         if not yclid:
             return LeftOut(NO_YCLID)
+        if client_id:
+            return LeftOut(HAS_CLIENT_ID)
         ident = {"Yclid": yclid}
     elif client_id:
         ident = {"ClientId": client_id}
