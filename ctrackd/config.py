@@ -204,7 +204,7 @@ def _check_across(r: Reader, top: dict[str, Node], *, agi: AgiConfig, web: WebCo
     if metrics is not None:
         for name, taken in (("agi.listen", (agi.host, agi.port)),
                             ("web.listen", (web.host, web.port) if web else None)):
-            if taken == (metrics.host, metrics.port):
+            if metrics.port and taken == (metrics.host, metrics.port):  # 0: any free port
                 r.fail(top["metrics"], "metrics.listen", f"an address other than {name}'s",
                        f"{metrics.host}:{metrics.port} for both")
     if spend.currency and exports.currency and spend.currency != exports.currency:
