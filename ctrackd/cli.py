@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     since, until = getattr(args, "since", None), getattr(args, "until", None)
     if since is not None and until is not None and since >= until:
-        parser.error("--since must be earlier than --until")
+        args.parser.error("--since must be earlier than --until")  # the command's own usage
     # A caller-ID name the terminal's encoding cannot show becomes "?", not a traceback.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help, parents=[config])
         command.arguments(p)
-        p.set_defaults(run=command.run)
+        p.set_defaults(run=command.run, parser=p)
     return parser
 
 

@@ -133,6 +133,7 @@ def _find_header(lines: list[str], mapping: Mapping[str, str]
                  ) -> tuple[int, str, dict[str, tuple[int, str]]]:
     """(line index, delimiter, field -> (column index, header)) of the header row."""
     wanted = {name.strip().lower(): f for f, name in mapping.items()}
+    near: tuple[int, list[str]] | None = None  # a header with a day but not all --map columns
     for at, line in enumerate(lines[:_HEADER_LINES]):
         for delimiter in ("\t", ";", ","):
             if delimiter not in line:
@@ -152,12 +153,22 @@ def _find_header(lines: list[str], mapping: Mapping[str, str]
                         f"line {at + 1}: columns {columns[f][1]!r} and {name!r} both give the"
                         f" {f}: say which with --map {f}=COLUMN")
                 columns[f] = (i, name.strip())
+            if "day" in columns and near is None:
+                near = (at, header)
             if "day" in columns and "amount" in columns:
                 missing = [f for f in mapping if f not in columns]
                 if missing:
                     raise SpendFileError(f"line {at + 1}: no column {mapping[missing[0]]!r}"
                                          f" for --map {missing[0]}")
                 return at, delimiter, columns
+    if near is not None and mapping:
+        at, header = near
+        lowered = {h.strip().strip("\ufeff").lower() for h in header}
+        absent = [f for f, name in mapping.items() if name.strip().lower() not in lowered]
+        if absent:
+            raise SpendFileError(
+                f"line {at + 1}: no column {mapping[absent[0]]!r} for --map {absent[0]}"
+                f" (the header has: {', '.join(h.strip() for h in header if h.strip())})")
     raise SpendFileError(f"no header found in the first {_HEADER_LINES} lines: expected "
                          + HEADER_HELP)
 

@@ -147,6 +147,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], store: Path, co
                              words: list[str], message: str) -> None:
     code, _, err = run(capsys, "calls", "-c", str(config), *words)
     assert code == 2 and message in err
+    assert err.startswith("usage: ctrackd calls ")  # the command's usage, not the top level's
 
 
 def test_calls_json_is_one_array_of_the_documented_fields(

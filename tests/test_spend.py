@@ -317,3 +317,10 @@ def test_a_piped_import_prints_no_bar(tmp_path: Path, store: Path) -> None:
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stderr == "" and "\r" not in done.stdout
     assert "28 added" in done.stdout
+
+
+def test_a_map_to_a_missing_column_names_it_and_the_header() -> None:
+    with pytest.raises(SpendFileError, match=r"line 1: no column 'Nope' for --map amount"
+                                             r" \(the header has: Date, Cost\)"):
+        read_spend(b"Date,Cost\n2026-11-01,10\n", origin="f", channels=CHANNELS,
+                   channel="google-ads", mapping={"amount": "Nope"})
