@@ -52,10 +52,8 @@ def print_callers(args: argparse.Namespace, conn: sqlite3.Connection, width: int
                                     channel=args.channel) if args.min_calls <= 1 else 0
     note = (f"{withheld} call{'s' if withheld != 1 else ''} from withheld numbers"
             f"{' of ' + args.channel if args.channel else ''} (no card)") if withheld else None
-    if args.format == "json":
-        sys.stdout.write(output.json_array(cards))
-    elif args.format == "csv":
-        output.write_csv(cards, store.CARD_FIELDS, sys.stdout)
+    if args.format != "table":
+        output.write_rows(args.format, cards, store.CARD_FIELDS)
     elif cards:
         number = output.text if args.full_numbers else output.mask_number
         sys.stdout.write(output.render_table(cards, [

@@ -518,11 +518,7 @@ def _width() -> int:
 
 def _print(fmt: str, rows: list[dict[str, Any]], columns: list[Column],
            fields: Sequence[str]) -> None:
-    if fmt == "json":
-        sys.stdout.write(output.json_array(rows))
-    elif fmt == "csv":
-        output.write_csv(rows, fields, sys.stdout)
-    else:
+    if not output.write_rows(fmt, rows, fields):
         sys.stdout.write(output.render_table(rows, columns, width=_width()))
 
 

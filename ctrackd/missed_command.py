@@ -38,10 +38,8 @@ def print_missed(args: argparse.Namespace, conn: sqlite3.Connection, now: float,
     withheld = store.withheld_calls(conn, since=args.since, until=args.until, missed_only=True)
     note = (f"{withheld} missed call{'s' if withheld != 1 else ''} from withheld numbers"
             " (cannot be called back)") if withheld else None
-    if args.format == "json":
-        sys.stdout.write(output.json_array(rows))
-    elif args.format == "csv":
-        output.write_csv(rows, store.MISSED_FIELDS, sys.stdout)
+    if args.format != "table":
+        output.write_rows(args.format, rows, store.MISSED_FIELDS)
     elif rows:
         number = output.text if args.full_numbers else output.mask_number
         sys.stdout.write(output.render_table(rows, [

@@ -36,11 +36,7 @@ def run_operators(args: argparse.Namespace, conn: sqlite3.Connection, width: int
             rows = store.missed_by_hour(conn, since=args.since, until=args.until)
         fields, columns = store.HOUR_FIELDS, _hour_columns()
         key = "hour"
-    if args.format == "json":
-        sys.stdout.write(output.json_array(rows))
-        return
-    if args.format == "csv":
-        output.write_csv(rows, fields, sys.stdout)
+    if output.write_rows(args.format, rows, fields):
         return
     if args.by == "operator" and len(rows) == 1:
         print("ctrackd: no phone rang for a tracked call in this period (call_legs is empty"

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,20 @@ def csv_text(rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> str:
     buffer = io.StringIO()
     write_csv(rows, fields, buffer)
     return buffer.getvalue()
+
+
+def write_rows(fmt: str, rows: Sequence[dict[str, Any]], fields: Sequence[str],
+               out: TextIO | None = None) -> bool:
+    """`--format json` (one array) or `csv` (with a header) of `rows` to stdout; True when
+    written, False for `table`, which each command lays out itself (columns, notes)."""
+    out = sys.stdout if out is None else out
+    if fmt == "json":
+        out.write(json_array(rows))
+    elif fmt == "csv":
+        write_csv(rows, fields, out)
+    else:
+        return False
+    return True
 
 
 def json_array(rows: Sequence[dict[str, Any]]) -> str:

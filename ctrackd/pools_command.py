@@ -52,11 +52,7 @@ def pools_rows(config: Any, conn: Any, since: float | None, until: float | None
 
 
 def print_pools(rows: list[dict[str, Any]], fmt: str, width: int) -> None:
-    if fmt == "json":
-        sys.stdout.write(output.json_array(rows))
-    elif fmt == "csv":
-        output.write_csv(rows, FIELDS, sys.stdout)
-    else:
+    if not output.write_rows(fmt, rows, FIELDS):
         sys.stdout.write(output.render_table(rows, [
             Column("pool", "POOL", min_width=6, max_width=16),
             Column("size", "SIZE", align=">"),

@@ -86,12 +86,7 @@ def run_report(args: argparse.Namespace, config: Any, conn: sqlite3.Connection, 
     keys = reports.KEY_FIELDS.get(by, (by,))
     fields = (*keys, *BASE_FIELDS, *reports.MONEY_FIELDS, "is_total")
     notes = _notes(by, rows[-1], unsplit, money)
-    if args.format != "table":
-        if args.format == "json":
-            sys.stdout.write(output.json_array(rows))
-        else:
-            output.write_csv(rows, fields, sys.stdout)
-    else:
+    if not output.write_rows(args.format, rows, fields):
         for row in rows:  # None is a group of its own (calls without that key)
             cells = ["(none)" if row[key] is None else grouping.label(row[key]) for key in keys]
             # by campaign one cell `campaign (channel)`: two columns would not fit 80, and

@@ -166,10 +166,8 @@ def list_command(args: argparse.Namespace, config: Any, width: int) -> int:
         else:
             rows = spend.stored(conn, None, last.isoformat() if last else None)
     dicts = [r.as_dict() for r in rows]
-    if args.format == "json":
-        sys.stdout.write(output.json_array(dicts))
-    elif args.format == "csv":
-        output.write_csv(dicts, spend.COLUMNS, sys.stdout)
+    if args.format != "table":
+        output.write_rows(args.format, dicts, spend.COLUMNS)
     elif not dicts:
         print("ctrackd: no spend stored" + (" in that range" if first or last else ""),
               file=sys.stderr)
