@@ -409,6 +409,29 @@ def test_hangup_closes_an_answered_call(config_path: Path, store_path: Path) -> 
     assert record["tracking"] == "fallback" and record["channel"] == "google-ads"
 
 
+def test_hangup_dates_the_end_by_asterisks_cdr_not_by_its_own_start(
+        config_path: Path, store_path: Path) -> None:
+    """The handler's process starts late (a real Asterisk showed a call 1 s too
+    long): the end is `CDR(end,u)`, fixed at the hang-up, when it is plausible."""
+    track(config_path)
+    hung_up = time.time() - 1.5
+    with sqlite3.connect(store_path) as conn:
+        conn.execute("UPDATE calls SET started_at = ?", (hung_up - 6,))
+    hangup(config_path, {"DIALSTATUS": "ANSWER", "ANSWEREDTIME_MS": "4000",
+                         "CDR(end,u)": f"{hung_up:.6f}", "HANGUPCAUSE": "16", **PHONE_100})
+    record = row(store_path)
+    assert record is not None and record["ended_at"] == pytest.approx(hung_up, abs=1e-5)
+    assert (record["duration_seconds"], record["talk_seconds"]) == pytest.approx((6, 4))
+    # nonsense or a time in the future: the handler's own clock
+    for bad in ("", "not-a-time", f"{time.time() + 600:.6f}"):
+        with sqlite3.connect(store_path) as conn:
+            conn.execute("DELETE FROM calls")
+        track(config_path)
+        hangup(config_path, {"DIALSTATUS": "NOANSWER", "CDR(end,u)": bad})
+        record = row(store_path)
+        assert record is not None and abs(record["ended_at"] - time.time()) < 5
+
+
 @pytest.mark.parametrize("variables, status, cause_txt", [
     ({"DIALSTATUS": "BUSY", "HANGUPCAUSE": "17"}, "busy", "User busy"),
     ({"DIALSTATUS": "NOANSWER", "DIALEDTIME": "10", "HANGUPCAUSE": "16"}, "no_answer",

@@ -1,0 +1,219 @@
+"""Calls through a real Asterisk 22 running the shipped snippets unchanged.
+
+Each test starts Asterisk (harness.py) and the daemon as the admin runs it,
+makes calls on the trunk, and compares what `ctrackd calls --format json`
+says with Asterisk's own CDR (cdr_csv) and with what the office phone showed.
+Ring and talk times are real seconds, so each test takes a few.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.real_asterisk.harness import (
+    BUSY,
+    NO_ANSWER,
+    Cdr,
+    Ctrackd,
+    RealAsterisk,
+    caller,
+    free_port,
+    unavailable,
+)
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+
+CONFIG = """\
+ami: {{host: 127.0.0.1, port: {ami_port}, username: ctrackd, secret: CHANGE-ME, reconnect_max: 1}}
+agi: {{listen: "127.0.0.1:{agi_port}"}}
+store: {{path: calls.sqlite3}}
+recordings: {{dir: {monitor}}}
+phone_region: RU
+defaults: {{forward_to: PJSIP/101, ring_timeout: 6}}
+log: {{level: info, format: json}}
+channels:
+  yandex: {{source: yandex, medium: cpc, campaign: search, label: Яндекс}}
+  google: {{source: google, medium: cpc, campaign: brand, label: Google Ads}}
+numbers:
+  "+74950000001": {{channel: yandex}}
+  "84950000002": {{channel: google, forward_to: PJSIP/102}}
+"""
+
+# A pool for the website's visitors (docs/dynamic.md), on the same PBX.
+POOL = """\
+pools:
+  site: {numbers: ["+74950000101", "+74950000102"]}
+web:
+  listen: "127.0.0.1:0"
+  origins: ["https://shop.example.com"]
+  replace: ["+74951234567"]
+"""
+
+
+class Pbx:
+    """A real Asterisk and the daemon beside it, configured for each other."""
+
+    def __init__(self, folder: Path, extra: str = "") -> None:
+        agi_port = free_port()
+        config = folder / "ctrackd.yaml"
+        self.asterisk = RealAsterisk(folder, agi_port=agi_port, ctrackd_config=config)
+        config.write_text(CONFIG.format(ami_port=self.asterisk.ami_port, agi_port=agi_port,
+                                        monitor=self.asterisk.monitor) + extra,
+                          encoding="utf-8")
+        self.ctrackd = Ctrackd(config)
+
+    def phone_showed(self) -> dict[str, str]:
+        """Caller number -> the caller-ID name the office phone rang with."""
+        shown = {}
+        while not self.asterisk.events.empty():
+            event = self.asterisk.events.get_nowait()
+            if hasattr(event, "get") and event.get("UserEvent") == "PhoneRings":
+                shown[event["From"]] = event["Shown"]
+        return shown
+
+    def inbound_cdr(self, call_id: str) -> list[Cdr]:
+        """Asterisk's CDR rows of the inbound leg (Uniqueid = the call id): the Dial
+        and, when the dialplan went on after it (Busy(), Hangup()), one more."""
+        rows = [c for c in self.asterisk.cdr() if c.uniqueid == call_id]
+        assert [c.lastapp for c in rows][:1] == ["Dial"], (call_id, self.asterisk.cdr())
+        return rows
+
+
+@pytest.fixture
+async def pbx(tmp_path: Path) -> AsyncIterator[Pbx]:
+    made = Pbx(tmp_path)
+    await made.asterisk.start()
+    made.ctrackd.start()
+    try:
+        yield made
+    finally:
+        made.ctrackd.stop()
+        await made.asterisk.stop()
+
+
+def by_caller(calls: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["caller"]: c for c in calls.values()}
+
+
+def assert_times_match_cdr(call: dict[str, Any], rows: list[Cdr]) -> None:
+    """Ring and talk time within 1 s of Asterisk's CDR of the Dial (billsec is the
+    answered part, duration all of it, in whole seconds); the whole call within
+    1 s per row of the CDR rows' total (each row's seconds are cut to a whole)."""
+    dial = rows[0]
+    assert abs(call["talk_seconds"] - dial.billsec) <= 1, (call, rows)
+    assert abs(call["ring_seconds"] - (dial.duration - dial.billsec)) <= 1, (call, rows)
+    total = sum(r.duration for r in rows)
+    assert total - 1 <= call["duration_seconds"] <= total + len(rows), (call, rows)
+
+
+async def test_answered_busy_no_answer_and_abandoned_calls(pbx: Pbx) -> None:
+    answered_1 = caller(1, ring=2, talk=3)
+    busy_2 = caller(2, behaviour=BUSY)
+    no_answer_1 = caller(3, behaviour=NO_ANSWER)
+    abandoned_2 = caller(4, behaviour=NO_ANSWER)
+    answered_2 = caller(5, ring=1, talk=2)
+    await asyncio.gather(
+        pbx.asterisk.originate("74950000001", answered_1, "Иван Петров"),
+        pbx.asterisk.originate("74950000002", busy_2, "Busy Caller"),
+        pbx.asterisk.originate("74950000001", no_answer_1, "Patient Caller"),
+        pbx.asterisk.originate("+74950000002", abandoned_2, "Impatient", hang_up_after=3),
+        pbx.asterisk.originate("74950000002", answered_2, "Мария"))
+    calls = by_caller(await pbx.ctrackd.wait_ended(5))
+    shown = pbx.phone_showed()
+
+    expected = {  # caller -> status, channel, answered_by
+        answered_1: ("answered", "yandex", "PJSIP/101"),
+        busy_2: ("busy", "google", None),
+        no_answer_1: ("no_answer", "yandex", None),
+        abandoned_2: ("abandoned", "google", None),
+        answered_2: ("answered", "google", "PJSIP/102"),
+    }
+    assert {number: (c["status"], c["channel"], c["answered_by"])
+            for number, c in calls.items()} == expected
+    for number, call in calls.items():
+        rows = pbx.inbound_cdr(call["call_id"])
+        assert_times_match_cdr(call, rows)
+        cdr = rows[0]
+        assert call["tracking"] == "static" and call["caller"] == cdr.src
+        assert call["forward_to"] == ("PJSIP/101" if call["channel"] == "yandex"
+                                      else "PJSIP/102")
+        # the operator's phone rang with the channel's label before the name
+        assert shown[number] == f"[{call['label']}] {call['caller_name']}"
+        if call["status"] == "answered":
+            assert cdr.disposition == "ANSWERED" and cdr.dstchannel.startswith(
+                call["answered_by"] + "-")
+            recording = Path(call["recording"])
+            assert recording.parent == pbx.asterisk.monitor
+            assert recording.stat().st_size > 8000 * call["talk_seconds"] * 0.8  # 8 kHz 16-bit
+        else:
+            assert cdr.disposition in ("BUSY", "NO ANSWER"), cdr
+    assert calls[answered_1]["caller_name"] == "Иван Петров"  # UTF-8 both ways
+    assert calls[no_answer_1]["ring_seconds"] == pytest.approx(6, abs=1)  # ring_timeout
+    assert calls[abandoned_2]["ring_seconds"] == pytest.approx(3, abs=1)  # caller gave up
+
+
+async def test_daemon_down_the_call_still_rings_the_office_and_is_recorded_as_fallback(
+        pbx: Pbx) -> None:
+    pbx.ctrackd.stop()
+    number = caller(6, ring=1, talk=2)
+    await pbx.asterisk.originate("74950000001", number, "Fallback Caller")
+    (call,) = (await pbx.ctrackd.wait_ended(1)).values()
+    rows = pbx.inbound_cdr(call["call_id"])
+    cdr = rows[0]
+    assert (call["tracking"], call["status"], call["channel"]) == (
+        "fallback", "answered", "yandex")
+    assert call["forward_to"] == "PJSIP/101" and cdr.dstchannel.startswith("PJSIP/101-")
+    assert_times_match_cdr(call, rows)
+    assert pbx.phone_showed()[number] == "[Яндекс] Fallback Caller"
+    assert Path(call["recording"]).stat().st_size > 0
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["restart", "crash"])
+async def test_daemon_restarted_in_the_middle_of_a_call(pbx: Pbx, how: int) -> None:
+    number = caller(7, ring=1, talk=6)
+    await pbx.asterisk.originate("74950000002", number, "Long Talk")
+    await asyncio.sleep(3)  # answered at 1 s, talking
+    pbx.ctrackd.stop(how)
+    await asyncio.sleep(1)
+    pbx.ctrackd.start()
+    (call,) = (await pbx.ctrackd.wait_ended(1)).values()
+    assert (call["status"], call["answered_by"], call["close_reason"]) == (
+        "answered", "PJSIP/102", "hangup")
+    assert_times_match_cdr(call, pbx.inbound_cdr(call["call_id"]))
+
+
+async def test_pool_number_call_carries_the_visitors_session(tmp_path: Path) -> None:
+    pbx = Pbx(tmp_path, POOL)
+    await pbx.asterisk.start()
+    pbx.ctrackd.start()
+    try:
+        port = next(json.loads(line)["port"] for line in
+                    pbx.ctrackd.log.read_text(encoding="utf-8").splitlines()
+                    if '"web_server_started"' in line)
+        async with aiohttp.ClientSession(
+                headers={"Origin": "https://shop.example.com"}) as http:
+            async with http.post(f"http://127.0.0.1:{port}/v1/sessions", json={
+                    "visitor_id": "visitor-1",
+                    "page": "https://shop.example.com/boots?utm_source=yandex&utm_medium=cpc"
+                            "&utm_campaign=winter&utm_term=boots&yclid=y-42"}) as response:
+                assert response.status == 200, await response.text()
+                number = (await response.json())["number"]
+        await pbx.asterisk.originate(number.lstrip("+"), caller(8, ring=1, talk=1), "Visitor")
+        (call,) = (await pbx.ctrackd.wait_ended(1)).values()
+    finally:
+        pbx.ctrackd.stop()
+        await pbx.asterisk.stop()
+    assert (call["tracking"], call["confidence"], call["did"]) == ("dynamic", "exact", number)
+    assert (call["source"], call["medium"], call["campaign"]) == ("yandex", "cpc", "winter")
+    session = call["session"]
+    assert (session["visitor_id"], session["utm_term"], session["yclid"]) == (
+        "visitor-1", "boots", "y-42")
+    assert call["status"] == "answered" and call["answered_by"] == "PJSIP/101"
