@@ -67,27 +67,30 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 # What the phone does is read off the caller's number, last three digits RTB:
 # ring R seconds, then B = 1 answer and talk T seconds (the phone hangs up),
-# 2 busy (SIP 486), 3 ring until cancelled. `caller(ring=2, talk=3)` -> ...231.
-ANSWER, BUSY, NO_ANSWER = 1, 2, 3
+# 2 busy (SIP 486), 3 ring until cancelled, 4 a ring group's race: phone 101
+# rings on, any other phone answers as with 1. `caller(1, ring=2, talk=3)` -> ...231.
+ANSWER, BUSY, NO_ANSWER, ONLY_102_ANSWERS = 1, 2, 3, 4
 
 
-def caller(serial: int, *, ring: int = 1, talk: int = 0, behaviour: int = ANSWER) -> str:
-    """A caller number (E.164) that makes the phone behave as asked."""
+def caller(serial: int, *, ring: int = 1, talk: int = 1, behaviour: int = ANSWER) -> str:
+    """A caller number (E.164) that makes the phones behave as asked."""
     return f"+7916{serial:04d}{ring}{talk}{behaviour}"
 
 
 PHONES = """\
 [phones]
 ; The office phones' side of the SIP calls Dial sends to PJSIP/101 or /102.
-; It reports what the phone would show (the caller-ID name ctrackd set) and
-; does what the last three digits of the caller's number say (harness.py).
-exten => _X.,1,UserEvent(PhoneRings,Phone: ${EXTEN},Shown: ${CALLERID(name)},From: ${CALLERID(num)})
+; It reports what the phone would show (the caller-ID name ctrackd set, the
+; X-CTrack-* headers of the INVITE) and does what the last three digits of
+; the caller's number say (harness.py).
+exten => _X.,1,UserEvent(PhoneRings,Phone: ${EXTEN},Shown: ${CALLERID(name)},From: ${CALLERID(num)},XChannel: ${PJSIP_HEADER(read,X-CTrack-Channel)},XCampaign: ${PJSIP_HEADER(read,X-CTrack-Campaign)})
  same => n,Set(RING=${CALLERID(num):-3:1})
  same => n,Set(TALK=${CALLERID(num):-2:1})
  same => n,Set(DO=${CALLERID(num):-1:1})
  same => n,GotoIf($["${DO}" = "2"]?busy)
  same => n,Ringing()
  same => n,GotoIf($["${DO}" = "3"]?forever)
+ same => n,GotoIf($["${DO}" = "4" & "${EXTEN}" = "101"]?forever)
  same => n,Wait(${RING})
  same => n,Answer()
  same => n,Set(TIMEOUT(absolute)=${TALK})
@@ -97,6 +100,36 @@ exten => _X.,1,UserEvent(PhoneRings,Phone: ${EXTEN},Shown: ${CALLERID(name)},Fro
  same => n(busy),Busy(10)
  same => n(forever),Wait(300)
 """
+
+#: A queue of both phones, ringing all at once (the admin's queues.conf).
+QUEUES = """\
+[general]
+[sales]
+strategy = ringall
+timeout = 30
+retry = 1
+member => PJSIP/101
+member => PJSIP/102
+"""
+
+#: A whisper sound ctrackd's config can name (`custom/ctrackd-test-whisper`):
+#: written into the root's sounds, where Playback looks (docs/install.md).
+WHISPER = "custom/ctrackd-test-whisper"
+
+
+def write_whisper(seconds: float = 0.5) -> None:
+    """A 8 kHz 16-bit mono tone, the format Asterisk plays without transcoding."""
+    import math
+    import wave
+    path = ROOT / "usr/share/asterisk/sounds" / f"{WHISPER}.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = b"".join(int(8000 * math.sin(2 * math.pi * 440 * n / 8000)).to_bytes(
+        2, "little", signed=True) for n in range(int(8000 * seconds)))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(frames)
 
 
 def extensions_conf(agi_port: int, config: Path) -> str:
@@ -253,6 +286,7 @@ write = all
 """,
             "extensions.conf": extensions_conf(self.agi_port, self.ctrackd_config),
             "pjsip.conf": pjsip_conf(self.trunk_port, self.phone_port),
+            "queues.conf": QUEUES,
         }
         for name, text in files.items():
             (self.etc / name).write_text(text, encoding="utf-8")
@@ -395,6 +429,13 @@ class Ctrackd:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=20)
+
+    def problems(self) -> list[str]:
+        """Log lines that must never appear on these ordinary calls: errors, tracebacks."""
+        text = self.log.read_text(encoding="utf-8", errors="replace")
+        return [line for line in text.splitlines()
+                if '"level": "error"' in line or '"level": "critical"' in line
+                or "Traceback" in line]
 
     def calls(self) -> dict[str, dict[str, Any]]:
         """`ctrackd calls --format json`, what the admin reads, by call_id."""
