@@ -13,9 +13,9 @@ from tests.real_asterisk.pbx import Pbx
 @pytest.fixture
 async def pbx(tmp_path: Path) -> AsyncIterator[Pbx]:
     made = Pbx(tmp_path)
-    await made.asterisk.start()
-    made.ctrackd.start()
     try:
+        await made.asterisk.start()
+        made.ctrackd.start()
         yield made
     finally:
         made.ctrackd.stop()

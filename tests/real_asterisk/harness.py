@@ -321,6 +321,7 @@ write = all
         deadline = time.monotonic() + timeout
         while not await self._booted():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                await self.stop()  # never left running after the test
                 raise RuntimeError(f"Asterisk did not start: {self.log_tail()}")
             await asyncio.sleep(0.2)
 
@@ -379,14 +380,15 @@ write = all
         return "\n".join(text.splitlines()[-lines:])
 
     async def stop(self) -> None:
+        """Stop Asterisk (always), then raise what a hang-up task of the test hit."""
+        failed = [t.exception() for t in self._tasks
+                  if t.done() and not t.cancelled() and t.exception() is not None]
         for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
             task.cancel()
         if self.ami is not None:
             try:
                 await self.command("core stop now")
-            except Exception:
+            except Exception:  # already gone, or not up yet: the signal below
                 pass
             await self.ami.stop()
         if self.proc is not None and self.proc.poll() is None:
@@ -395,6 +397,8 @@ write = all
             except subprocess.TimeoutExpired:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        if failed:
+            raise failed[0]  # type: ignore[misc]
 
 
 class Ctrackd:
@@ -421,6 +425,7 @@ class Ctrackd:
             if '"ami_resynced"' in text.rsplit(marker, 1)[-1]:
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(signal.SIGKILL)  # never left running after the test
                 raise RuntimeError(f"ctrackd did not come up: {text[-3000:]}")
             time.sleep(0.05)
 

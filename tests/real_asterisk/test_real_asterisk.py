@@ -106,9 +106,9 @@ async def test_daemon_restarted_in_the_middle_of_a_call(pbx: Pbx, how: int) -> N
 
 async def test_pool_number_call_carries_the_visitors_session(tmp_path: Path) -> None:
     pbx = Pbx(tmp_path, POOL)
-    await pbx.asterisk.start()
-    pbx.ctrackd.start()
     try:
+        await pbx.asterisk.start()
+        pbx.ctrackd.start()
         port = next(json.loads(line)["port"] for line in
                     pbx.ctrackd.log.read_text(encoding="utf-8").splitlines()
                     if '"web_server_started"' in line)

@@ -37,9 +37,9 @@ async def tagged_pbx(tmp_path: Path):  # type: ignore[no-untyped-def]
     text = config.read_text(encoding="utf-8")
     text = text.replace("channels:\n", "channels:\n" + TAGGED_CHANNEL)
     config.write_text(text + TAGGED, encoding="utf-8")
-    await made.asterisk.start()
-    made.ctrackd.start()
     try:
+        await made.asterisk.start()
+        made.ctrackd.start()
         yield made
     finally:
         made.ctrackd.stop()
