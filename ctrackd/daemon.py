@@ -69,6 +69,10 @@ START_DELAY = 0.05
 POOL_TICK = 60.0
 #: seconds between writes of changed visitor sessions (what a crash can lose; docs/promo.md)
 SESSION_FLUSH = 1.0
+#: sessions turned into rows between two turns of the event loop (~20 µs each): a busy
+#: site changes thousands a second, and converting them at once held up every request
+#: for tens of ms (the web side's p99; docs/web.md, "Performance")
+FLUSH_SLICE = 25
 #: seconds hook deliveries under way may take to finish when the daemon stops
 HOOK_STOP_GRACE = 2.0
 
@@ -128,6 +132,7 @@ class Daemon:
         self.agi_address: tuple[str, int] | None = None
         self.web: WebServer | None = None
         self.web_address: tuple[str, int] | None = None
+        self._flushing = asyncio.Lock()  # one flush at a time: rows are written in order
         self.retention: RetentionTask | None = None
         self.hooks: Dispatcher | None = None
         # One registry per daemon (tests run several in one process); None: metrics off.
@@ -388,11 +393,21 @@ class Daemon:
         Off the request path: the web side only marks sessions dirty. A failed
         write marks them again for the next round.
         """
+        async with self._flushing:
+            return await self._flush_sessions()
+
+    async def _flush_sessions(self) -> int:
         plan = self.dynamic
         if plan is None or self.store is None or not plan.dirty:
             return 0
         taken = plan.take_dirty()
-        rows = session_rows(taken)  # now: the plan goes on changing the sessions
+        # In slices, the web side's requests in between. A session changed after
+        # take_dirty() gives a row at least as new, and is marked dirty again when
+        # its row must follow (a page view always, a heartbeat after resave_seconds).
+        rows = session_rows(taken[:FLUSH_SLICE])
+        for start in range(FLUSH_SLICE, len(taken), FLUSH_SLICE):
+            await asyncio.sleep(0)
+            rows += session_rows(taken[start:start + FLUSH_SLICE])
         try:
             await self.store.write(UPSERT_SESSION, rows)
         except Exception as exc:  # retried next round, never the daemon's end

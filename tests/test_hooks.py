@@ -324,7 +324,9 @@ async def test_a_failing_receiver_is_held_not_hammered(store: Path,
     # Without the hold each of the 30 rows is tried at once and again after its
     # own 0.1-0.2 s backoff: 60 and more in a second.
     assert 1 <= tried <= 12, tried
-    assert dispatcher.failed_attempts == tried
+    # a row's attempt is counted when claimed, the failure when the POST failed:
+    # up to `concurrency` claimed attempts may still be on their way (a slow machine)
+    assert tried - 2 <= dispatcher.failed_attempts <= tried
     late = Receiver()
     await late.start(port)
     try:

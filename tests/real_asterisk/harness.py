@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,15 @@ class Cdr:
     billsec: int
     disposition: str
     uniqueid: str
+    start: float            # epoch seconds, whole (cdr_csv writes UTC to the second)
+    end: float
+    answer: float | None
+
+
+def _cdr_time(text: str) -> float | None:
+    if not text:
+        return None
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
 
 
 CDR_COLUMNS = ("accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel",
@@ -372,7 +382,9 @@ write = all
         return [Cdr(src=r["src"], dst=r["dst"], channel=r["channel"],
                     dstchannel=r["dstchannel"], lastapp=r["lastapp"],
                     duration=int(r["duration"]), billsec=int(r["billsec"]),
-                    disposition=r["disposition"], uniqueid=r["uniqueid"]) for r in rows]
+                    disposition=r["disposition"], uniqueid=r["uniqueid"],
+                    start=_cdr_time(r["start"]) or 0.0, end=_cdr_time(r["end"]) or 0.0,
+                    answer=_cdr_time(r["answer"])) for r in rows]
 
     def log_tail(self, lines: int = 40) -> str:
         path = self.folder / "log" / "messages.log"

@@ -53,7 +53,7 @@ async def test_answered_busy_no_answer_and_abandoned_calls(pbx: Pbx) -> None:
     assert {number: (c["status"], c["channel"], c["answered_by"])
             for number, c in calls.items()} == expected
     for number, call in calls.items():
-        rows = pbx.inbound_cdr(call["call_id"])
+        rows = await pbx.inbound_cdr(call["call_id"])
         assert_times_match_cdr(call, rows)
         cdr = rows[0]
         assert call["tracking"] == "static" and call["caller"] == cdr.src
@@ -80,7 +80,7 @@ async def test_daemon_down_the_call_still_rings_the_office_and_is_recorded_as_fa
     number = caller(6, ring=1, talk=2)
     await pbx.asterisk.originate("74950000001", number, "Fallback Caller")
     (call,) = (await pbx.ctrackd.wait_ended(1)).values()
-    rows = pbx.inbound_cdr(call["call_id"])
+    rows = await pbx.inbound_cdr(call["call_id"])
     cdr = rows[0]
     assert (call["tracking"], call["status"], call["channel"]) == (
         "fallback", "answered", "yandex")
@@ -101,7 +101,7 @@ async def test_daemon_restarted_in_the_middle_of_a_call(pbx: Pbx, how: int) -> N
     (call,) = (await pbx.ctrackd.wait_ended(1)).values()
     assert (call["status"], call["answered_by"], call["close_reason"]) == (
         "answered", "PJSIP/102", "hangup")
-    assert_times_match_cdr(call, pbx.inbound_cdr(call["call_id"]))
+    assert_times_match_cdr(call, await pbx.inbound_cdr(call["call_id"]))
 
 
 async def test_pool_number_call_carries_the_visitors_session(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ from tests.real_asterisk.pbx import Pbx, assert_times_match_cdr, by_caller, need
 
 pytestmark = needs_asterisk
 
-TAGGED = f"""\
+TAGGED = """\
   # numbers for this test's channel, whose operators get headers and a whisper
-  "+74950000003": {{channel: tagged, forward_to: "PJSIP/101&PJSIP/102"}}
-  "+74950000004": {{channel: tagged, forward_to: "Queue(sales)"}}
+  "+74950000003": {channel: tagged, forward_to: "PJSIP/101&PJSIP/102"}
+  "+74950000004": {channel: tagged, forward_to: "Queue(sales)"}
 """
 TAGGED_CHANNEL = f"""\
   tagged: {{source: vk, medium: social, campaign: spring, label: VK,
@@ -67,7 +67,7 @@ async def test_ring_group_and_queue_first_answer_wins_with_headers_and_whisper(
             assert (ring["Shown"], ring["XChannel"], ring["XCampaign"]) == (
                 "[VK] " + ("Group Caller" if number == group else "Queue Caller"),
                 "tagged", "spring")
-    assert_times_match_cdr(calls[group], pbx.inbound_cdr(calls[group]["call_id"]))
+    assert_times_match_cdr(calls[group], await pbx.inbound_cdr(calls[group]["call_id"]))
 
     # The whisper played to the phone that answered, before the bridge: on the
     # Dial through U() (Gosub [ctrackd-whisper]), on the queue as its announcement
