@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_asterisk.pbx import Pbx
+from tests.real_asterisk.pbx import Pbx, running
 
 
 @pytest.fixture
 async def pbx(tmp_path: Path) -> AsyncIterator[Pbx]:
-    made = Pbx(tmp_path)
-    try:
-        await made.asterisk.start()
-        made.ctrackd.start()
+    async with running(Pbx(tmp_path)) as made:
         yield made
-    finally:
-        made.ctrackd.stop()
-        await made.asterisk.stop()
-    assert made.ctrackd.problems() == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,19 @@ class Pbx:
             await asyncio.sleep(0.2)
         assert [c.lastapp for c in rows][:1] == ["Dial"], (call_id, self.asterisk.cdr())
         return rows
+
+
+@asynccontextmanager
+async def running(pbx: Pbx) -> AsyncIterator[Pbx]:
+    """Asterisk, then the daemon; both stopped after, and the daemon's log clean."""
+    try:
+        await pbx.asterisk.start()
+        pbx.ctrackd.start()
+        yield pbx
+    finally:
+        pbx.ctrackd.stop()
+        await pbx.asterisk.stop()
+    assert pbx.ctrackd.problems() == []
 
 
 #: Each test module here: `pytestmark = needs_asterisk` (skipped, saying why, without one).

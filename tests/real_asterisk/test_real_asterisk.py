@@ -23,6 +23,7 @@ from tests.real_asterisk.pbx import (
     assert_times_match_cdr,
     by_caller,
     needs_asterisk,
+    running,
 )
 
 pytestmark = needs_asterisk
@@ -105,10 +106,7 @@ async def test_daemon_restarted_in_the_middle_of_a_call(pbx: Pbx, how: int) -> N
 
 
 async def test_pool_number_call_carries_the_visitors_session(tmp_path: Path) -> None:
-    pbx = Pbx(tmp_path, POOL)
-    try:
-        await pbx.asterisk.start()
-        pbx.ctrackd.start()
+    async with running(Pbx(tmp_path, POOL)) as pbx:
         port = next(json.loads(line)["port"] for line in
                     pbx.ctrackd.log.read_text(encoding="utf-8").splitlines()
                     if '"web_server_started"' in line)
@@ -122,10 +120,6 @@ async def test_pool_number_call_carries_the_visitors_session(tmp_path: Path) -> 
                 number = (await response.json())["number"]
         await pbx.asterisk.originate(number.lstrip("+"), caller(8, ring=1, talk=1), "Visitor")
         (call,) = (await pbx.ctrackd.wait_ended(1)).values()
-    finally:
-        pbx.ctrackd.stop()
-        await pbx.asterisk.stop()
-    assert pbx.ctrackd.problems() == []
     assert (call["tracking"], call["confidence"], call["did"]) == ("dynamic", "exact", number)
     assert (call["source"], call["medium"], call["campaign"]) == ("yandex", "cpc", "winter")
     session = call["session"]

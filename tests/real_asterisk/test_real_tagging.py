@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.real_asterisk.harness import ONLY_102_ANSWERS, WHISPER, caller, write_whisper
-from tests.real_asterisk.pbx import Pbx, assert_times_match_cdr, by_caller, needs_asterisk
+from tests.real_asterisk.pbx import Pbx, assert_times_match_cdr, by_caller, needs_asterisk, running
 
 pytestmark = needs_asterisk
 
@@ -37,14 +37,8 @@ async def tagged_pbx(tmp_path: Path):  # type: ignore[no-untyped-def]
     text = config.read_text(encoding="utf-8")
     text = text.replace("channels:\n", "channels:\n" + TAGGED_CHANNEL)
     config.write_text(text + TAGGED, encoding="utf-8")
-    try:
-        await made.asterisk.start()
-        made.ctrackd.start()
+    async with running(made):
         yield made
-    finally:
-        made.ctrackd.stop()
-        await made.asterisk.stop()
-    assert made.ctrackd.problems() == []
 
 
 async def test_ring_group_and_queue_first_answer_wins_with_headers_and_whisper(
