@@ -454,19 +454,22 @@ class Ctrackd:
                 if '"level": "error"' in line or '"level": "critical"' in line
                 or "Traceback" in line]
 
-    def calls(self) -> dict[str, dict[str, Any]]:
-        """`ctrackd calls --format json`, what the admin reads, by call_id."""
-        done = subprocess.run(
-            [sys.executable, "-m", "ctrackd", "calls", "-c", str(self.config), "--since",
-             "-1d", "--limit", "0", "--format", "json"],
-            cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
-        return {c["call_id"]: c for c in json.loads(done.stdout)}
+    async def calls(self) -> dict[str, dict[str, Any]]:
+        """`ctrackd calls --format json`, what the admin reads, by call_id. Awaited, so
+        the test's own AMI link keeps reading events meanwhile."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ctrackd", "calls", "-c", str(self.config), "--since",
+            "-1d", "--limit", "0", "--format", "json", cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        return {c["call_id"]: c for c in json.loads(out)}
 
     async def wait_ended(self, count: int, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         """The calls once `count` of them have ended (read through the CLI)."""
         deadline = time.monotonic() + timeout
         while True:
-            calls = self.calls()
+            calls = await self.calls()
             if sum(c["ended_at"] is not None for c in calls.values()) >= count:
                 return calls
             if time.monotonic() > deadline:
